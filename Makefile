@@ -1,0 +1,37 @@
+# The targets the README names. Everything installs into .venv with the pinned
+# versions from constraints.txt, so every machine and CI get the same set.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= datasets/synthetic
+
+.PHONY: venv install quickstart test lint format clean-data
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+## set up, generate the synthetic RGB-D data, train mid fusion and the rgb-only baseline, print the table
+quickstart: $(STAMP)
+	$(BIN)/rgbx-fusion quickstart --root $(DATA)
+
+## set up, then lint, type-check and run the default test suite
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check rgbx_fusion tests
+	$(BIN)/ruff format --check rgbx_fusion tests
+	$(BIN)/mypy rgbx_fusion
+
+format: $(STAMP)
+	$(BIN)/ruff format rgbx_fusion tests
+	$(BIN)/ruff check --fix rgbx_fusion tests
+
+clean-data:
+	rm -rf $(DATA)

@@ -1,0 +1,48 @@
+"""Contract shared by every aligner.
+
+Alignment answers *where*: it resamples the aux image or aux features onto the
+RGB grid before fusion. Fusion (:mod:`rgbx_fusion.models.fusion`) answers *how*.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+
+class AlignBase(nn.Module):
+    """Resample aux features (or images) onto the RGB grid.
+
+    Convention:
+        aux is warped toward rgb; rgb is never moved. At initialisation every
+        learned aligner is the identity (output == input).
+
+    Shape:
+        x_rgb: (B, C1, H, W); x_aux: (B, C2, H, W) -> (x_rgb, aux_aligned (B, C2, H, W))
+    """
+
+    summary: ClassVar[str] = ""
+
+    def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def regularization(self) -> Tensor | None:
+        """Regularisation loss of the last forward pass (``None`` when there is none)."""
+        return None
+
+    def last_transform(self) -> Tensor | None:
+        """The last predicted transform (matrix, grid or offsets) for visualisation."""
+        return None
+
+
+class IdentityAlign(AlignBase):
+    """No alignment: returns both inputs unchanged."""
+
+    summary = "no alignment (aux is assumed registered)"
+
+    def __init__(self, channels: int | None = None) -> None:
+        super().__init__()
+
+    def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
+        return x_rgb, x_aux
