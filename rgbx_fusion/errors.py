@@ -21,10 +21,21 @@ class ConfigError(RGBXError, ValueError):
 class DatasetError(RGBXError):
     """A dataset on disk does not match the layout it was declared to have."""
 
-    def __init__(self, path: str | Path | None, expected: str, found: str, fix: str = "") -> None:
+    def __init__(
+        self,
+        path: str | Path | None,
+        expected: str | None = None,
+        found: str | None = None,
+        fix: str = "",
+    ) -> None:
+        if expected is None and found is None:
+            # A single ready-made message: lets DataLoader workers re-raise the same type.
+            self.path, self.expected, self.found, self.fix = None, "", "", ""
+            super().__init__(str(path))
+            return
         self.path = None if path is None else Path(path)
-        self.expected = expected
-        self.found = found
+        self.expected = expected or ""
+        self.found = found or ""
         self.fix = fix
         where = f"{self.path}: " if self.path is not None else ""
         msg = f"{where}expected {expected}, found {found}"

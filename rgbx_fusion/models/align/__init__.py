@@ -4,10 +4,31 @@
 comparison harness only. Configs name classes by ``class_path``.
 """
 
+from rgbx_fusion.models.align.affine import AffineAlign, HomographyAlign
 from rgbx_fusion.models.align.base import AlignBase, IdentityAlign
+from rgbx_fusion.models.align.deform import DeformableAlign
+from rgbx_fusion.models.align.flow import FlowAlign
+from rgbx_fusion.models.align.reproject import DepthReprojection
+from rgbx_fusion.models.align.tps import TPSAlign
 
 ALIGNERS: dict[str, type[AlignBase]] = {
     "identity": IdentityAlign,
+    "affine": AffineAlign,
+    "homography": HomographyAlign,
+    "tps": TPSAlign,
+    "flow": FlowAlign,
+    "reproject": DepthReprojection,
+    "deform": DeformableAlign,
 }
 
-__all__ = ["ALIGNERS", "AlignBase", "IdentityAlign"]
+__all__ = [
+    "ALIGNERS",
+    "AffineAlign",
+    "AlignBase",
+    "DeformableAlign",
+    "DepthReprojection",
+    "FlowAlign",
+    "HomographyAlign",
+    "IdentityAlign",
+    "TPSAlign",
+]

@@ -1,0 +1,101 @@
+"""Command line: Lightning's fit / validate / test / predict plus rgbx-fusion's own commands.
+
+``rgbx-fusion fit --config configs/synthetic_mid_add.yaml`` trains;
+``rgbx-fusion prepare synthetic --root datasets/synthetic`` writes the embedded
+dataset; ``rgbx-fusion quickstart`` does both and prints the comparison table;
+``rgbx-fusion list fusions|aligners|decoders`` shows the catalogues.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from rgbx_fusion.data.datamodule import RGBXDataModule
+from rgbx_fusion.tasks.segmentation import SegmentationTask
+
+EXTRA_COMMANDS = ("prepare", "quickstart", "list")
+
+# Lightning falls back to its CSV logger without tensorboard; that is the intended default.
+warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+class RGBXLightningCLI(LightningCLI):
+    """LightningCLI with the data → model links and the toolkit's defaults."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in ("num_classes", "aux_channels", "ignore_index", "class_names"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mIoU",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_argument(
+            "--output_dir",
+            type=str | None,
+            default=None,
+            help="predict: folder for label PNGs and overlays (default: <log_dir>/predictions)",
+        )
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            # Checkpoints hold tensors and plain data only; never unpickle code.
+            if kwargs.get("weights_only") is None:
+                kwargs["weights_only"] = True
+        return kwargs
+
+    def before_predict(self) -> None:
+        from rgbx_fusion.predict import SegmentationWriter
+
+        cfg = self.config.get(self.subcommand, self.config)
+        out = cfg.get("output_dir") or str(Path(self.trainer.log_dir or ".") / "predictions")
+        dm = self.datamodule
+        assert isinstance(dm, RGBXDataModule)
+        self.trainer.callbacks.append(SegmentationWriter(out, dm.palette, dm.normalizer()))  # type: ignore[attr-defined]
+        self._predict_dir = out
+
+    def after_predict(self) -> None:
+        print(f"predictions written to {self._predict_dir}")
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True) -> RGBXLightningCLI:
+    """Build (and by default run) the Lightning CLI."""
+    return RGBXLightningCLI(
+        SegmentationTask,
+        RGBXDataModule,
+        trainer_defaults={
+            "default_root_dir": "runs",
+            "log_every_n_steps": 10,
+        },
+        save_config_kwargs={"overwrite": True},
+        args=list(args) if args is not None else None,
+        run=run,
+        parser_kwargs={"parser_mode": "yaml"},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        from rgbx_fusion.commands import run_extra
+
+        sys.exit(run_extra(argv))
+    build_cli(None if argv == sys.argv[1:] else argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,226 @@
+"""Generic folder dataset: ``rgb/``, ``depth/`` or ``thermal/``, ``labels/`` and split files.
+
+On-disk layout (see ``datasets/README.md``)::
+
+    root/
+      dataset.json          optional: classes, palette, ignore_index, modality, depth_format, K
+      meta.json             optional: per-sample metadata {name: {...}}
+      splits/{train,val,test}.txt   one sample name (file stem) per line
+      rgb/<name>.png|jpg    colour image, 8-bit RGB
+      depth/<name>.png|npy  depth in the declared ``depth_format``      (modality "depth")
+      thermal/<name>.png    8- or 16-bit thermal image, scaled to [0, 1] (modality "thermal")
+      labels/<name>.png     8-bit class indices, ``ignore_index`` (255) = unlabelled
+
+Every listed file is checked when the dataset is built, so a missing file fails
+at once with its name, not later inside a DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from torch.utils.data import Dataset
+
+from rgbx_fusion.data.depth import DEPTH_FORMATS, decode_depth, read_image_array
+from rgbx_fusion.errors import (
+    ConfigError,
+    DatasetError,
+    LabelRangeError,
+    MissingFileError,
+    ShapeMismatchError,
+)
+from rgbx_fusion.types import Sample
+
+MODALITIES = ("depth", "thermal")
+_EXTENSIONS = {
+    "rgb": (".png", ".jpg", ".jpeg"),
+    "labels": (".png",),
+    "thermal": (".png", ".tif", ".tiff"),
+}
+
+
+def _index_folder(folder: Path, extensions: Sequence[str]) -> dict[str, Path]:
+    """Map file stem → path for every file of the given extensions in ``folder``."""
+    if not folder.is_dir():
+        raise MissingFileError(folder, "a folder", "nothing", "check data.root and the layout")
+    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in extensions}
+
+
+def read_split(path: Path) -> list[str]:
+    """Read a split file: one name per line, blank lines and ``#`` comments ignored."""
+    if not path.is_file():
+        raise MissingFileError(path, "a split file", "no such file", "create it or fix data.root")
+    names = [ln.strip() for ln in path.read_text().splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise DatasetError(path, "at least one sample name", "an empty split")
+    return names
+
+
+def read_rgb(path: Path) -> npt.NDArray[np.uint8]:
+    """Read an 8-bit colour image as H×W×3 RGB (PIL decodes in RGB order)."""
+    arr = read_image_array(path)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise DatasetError(path, "an 8-bit RGB image (H×W×3)", f"{arr.dtype} array {arr.shape}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def read_label(path: Path, num_classes: int, ignore_index: int) -> npt.NDArray[np.int64]:
+    """Read a label PNG and check every value is a class index or ``ignore_index``."""
+    arr = read_image_array(path)
+    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16, np.int32):
+        raise DatasetError(path, "a single-channel label PNG", f"{arr.dtype} array {arr.shape}")
+    mask = arr.astype(np.int64)
+    bad = (mask >= num_classes) & (mask != ignore_index)
+    if bad.any():
+        values = sorted({int(v) for v in np.unique(mask[bad])})[:10]
+        raise LabelRangeError(
+            path,
+            f"labels in [0, {num_classes}) or {ignore_index}",
+            f"values {values}",
+            "check num_classes / the label mapping of this dataset",
+        )
+    return mask
+
+
+def read_thermal(path: Path) -> npt.NDArray[np.float32]:
+    """Read an 8- or 16-bit single-channel thermal image, scaled to [0, 1]."""
+    arr = read_image_array(path)
+    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+        raise DatasetError(path, "a single-channel 8/16-bit thermal image", f"{arr.dtype} {arr.shape}")
+    return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+
+
+class FolderRGBX(Dataset[Sample]):
+    """RGB-X dataset in the generic folder layout.
+
+    Args:
+        split: name of the split file in ``root/splits`` (``train``, ``val``, ``test``...).
+        root: dataset root folder.
+        modality: ``"depth"`` or ``"thermal"``; names the aux folder.
+        depth_format: on-disk depth encoding (see :mod:`rgbx_fusion.data.depth`);
+            ``None`` takes it from ``dataset.json``. Ignored for thermal.
+        classes: class names; ``None`` takes them from ``dataset.json``.
+        ignore_index: label value of unlabelled pixels.
+    """
+
+    ignore_index: int = 255
+
+    def __init__(
+        self,
+        split: str = "train",
+        root: str | Path = "datasets/synthetic",
+        modality: str = "depth",
+        depth_format: str | None = None,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        if modality not in MODALITIES:
+            raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        self.modality = modality
+        info = self._read_json(self.root / "dataset.json")
+        self.sample_meta: dict[str, Any] = self._read_json(self.root / "meta.json")
+        names = classes if classes is not None else info.get("classes")
+        if not names:
+            raise DatasetError(
+                self.root / "dataset.json", "a 'classes' list (or the classes argument)", "none"
+            )
+        self.classes = tuple(names)
+        pal = palette if palette is not None else info.get("palette")
+        self.palette = tuple(tuple(c) for c in pal) if pal else _default_palette(len(self.classes))
+        self.ignore_index = int(info.get("ignore_index", ignore_index))
+        self.depth_format = depth_format or info.get("depth_format")
+        if modality == "depth" and self.depth_format not in DEPTH_FORMATS:
+            raise ConfigError(
+                f"{self.root}: depth_format must be one of {DEPTH_FORMATS} (found "
+                f"{self.depth_format!r}); set data.dataset.init_args.depth_format"
+            )
+        self.camera_k = info.get("K")
+        self.aux_channels = 1
+        self.names = read_split(self.root / "splits" / f"{split}.txt")
+        self.files = self._resolve_files()
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(path, "valid JSON", f"a parse error ({exc})") from exc
+        if not isinstance(data, dict):
+            raise DatasetError(path, "a JSON object", type(data).__name__)
+        return data
+
+    def _resolve_files(self) -> list[dict[str, Path]]:
+        aux_ext: tuple[str, ...]
+        if self.modality == "depth":
+            aux_ext = (".npy",) if self.depth_format == "npy_m" else (".png",)
+        else:
+            aux_ext = _EXTENSIONS["thermal"]
+        index = {
+            "rgb": _index_folder(self.root / "rgb", _EXTENSIONS["rgb"]),
+            "aux": _index_folder(self.root / self.modality, aux_ext),
+            "labels": _index_folder(self.root / "labels", _EXTENSIONS["labels"]),
+        }
+        split_file = self.root / "splits" / f"{self.split}.txt"
+        files = []
+        for name in self.names:
+            entry = {}
+            for key, found in index.items():
+                if name not in found:
+                    folder = self.root / (self.modality if key == "aux" else key)
+                    raise MissingFileError(
+                        folder / name,
+                        f"a file listed in {split_file} (extensions {aux_ext if key == 'aux' else _EXTENSIONS[key]})",
+                        "no such file",
+                    )
+                entry[key] = found[name]
+            files.append(entry)
+        return files
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read_aux(self, path: Path) -> npt.NDArray[np.float32]:
+        if self.modality == "depth":
+            assert self.depth_format is not None
+            return decode_depth(path, self.depth_format)
+        return read_thermal(path)
+
+    def __getitem__(self, index: int) -> Sample:
+        files = self.files[index]
+        rgb = read_rgb(files["rgb"])
+        aux = self.read_aux(files["aux"])
+        mask = read_label(files["labels"], len(self.classes), self.ignore_index)
+        for key, arr in (("aux", aux), ("labels", mask)):
+            if arr.shape[:2] != rgb.shape[:2]:
+                raise ShapeMismatchError(
+                    files[key],
+                    f"the size of {files['rgb'].name} ({rgb.shape[0]}×{rgb.shape[1]})",
+                    f"{arr.shape[0]}×{arr.shape[1]}",
+                )
+        name = self.names[index]
+        meta: dict[str, Any] = {"name": name, **self.sample_meta.get(name, {})}
+        if "K" not in meta and self.camera_k is not None:
+            meta["K"] = self.camera_k
+        return Sample(rgb=rgb, aux=aux[..., None], mask=mask, meta=meta)
+
+
+def _default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """A deterministic, well-spread palette (golden-ratio hues)."""
+    import colorsys
+
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return tuple(out)

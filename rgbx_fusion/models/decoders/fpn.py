@@ -1,0 +1,197 @@
+"""Feature pyramid network decoder with a semantic-FPN merge.
+
+Also home of the two small pieces every decoder in this package shares
+(:class:`ConvNormAct` and :func:`check_features`), so that the other decoder
+files import them from here instead of from a grab-bag module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvNormAct(nn.Sequential):
+    """``Conv2d (no bias) → BatchNorm2d → ReLU``, padded to keep the spatial size.
+
+    Sub-module names are ``conv``, ``bn`` and ``act`` (as in mmcv's ``ConvModule``),
+    which keeps weights from mmseg/SegFormer checkpoints convertible by name.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size (odd).
+        dilation: dilation of the kernel; padding grows with it.
+
+    Shape:
+        x: (B, in_channels, H, W) -> (B, out_channels, H, W)
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1
+    ) -> None:
+        padding = dilation * (kernel_size // 2)
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+
+def check_features(
+    decoder: nn.Module, features: Sequence[Tensor], in_channels: Sequence[int]
+) -> None:
+    """Raise a clear error when a decoder gets features it was not built for.
+
+    Args:
+        decoder: the decoder (only its class name is used in the message).
+        features: the encoder features, finest first.
+        in_channels: the channel counts the decoder was built with.
+
+    Raises:
+        ValueError: wrong number of levels, wrong channel count, or a level that
+            is not an NCHW tensor.
+    """
+    name = type(decoder).__name__
+    if len(features) != len(in_channels):
+        raise ValueError(
+            f"{name} was built for {len(in_channels)} feature levels {tuple(in_channels)} but got "
+            f"{len(features)}; build it from the encoder's feature_spec.channels"
+        )
+    for i, (f, c) in enumerate(zip(features, in_channels, strict=True)):
+        if f.ndim != 4 or f.shape[1] != c:
+            raise ValueError(
+                f"{name}: level {i} should be (B, {c}, H, W) (NCHW), got {tuple(f.shape)}; "
+                "check the encoder's feature_spec and that features are NCHW, finest first"
+            )
+
+
+def resize_to(x: Tensor, ref: Tensor, mode: str = "bilinear") -> Tensor:
+    """Resize ``x`` to the spatial size of ``ref`` (no-op when it already matches).
+
+    Bilinear uses ``align_corners=False`` (as SegFormer/mmseg do). Resizing to an
+    explicit size rather than by a factor keeps odd input sizes working.
+
+    Shape:
+        x: (B, C, h, w); ref: (B, *, H, W) -> (B, C, H, W)
+    """
+    size = ref.shape[-2:]
+    if x.shape[-2:] == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+class FPNDecoder(nn.Module):
+    """FPN top-down pathway followed by a semantic-FPN merge to the finest level.
+
+    Equations (levels ``i = 0..n-1``, finest first; ``up`` resizes to level ``i``)::
+
+        L_i = conv1x1_i(C_i)                          # lateral, with bias, no norm
+        T_{n-1} = L_{n-1};   T_i = L_i + up(T_{i+1})  # top-down, ``upsample`` mode
+        P_i = ConvBNReLU3x3_i(T_i)                    # output convs
+        merge="sum":    out = sum_i bilinear(P_i)
+        merge="concat": out = ConvBNReLU3x3(concat_i bilinear(P_i))   # n·channels → channels
+
+    ``sum`` (default) is the semantic-FPN merge (Kirillov et al. 2019) without its
+    per-level upsampling towers; ``concat`` lets the network weight levels
+    (UPerNet-style fuse) at the cost of one wider 3×3 conv.
+
+    Args:
+        in_channels: channels of every encoder level, finest first. Each level is
+            expected at half the resolution of the previous one, but any sizes work
+            (every resize is to an explicit size).
+        channels: decoder width, used on every level and for the output.
+        merge: ``"sum"`` or ``"concat"`` (see above).
+        upsample: interpolation of the top-down path, ``"nearest"`` (as in FPN) or
+            ``"bilinear"``. The final merge is always bilinear.
+
+    Shape:
+        features: [(B, in_channels[i], H_i, W_i)] -> (B, channels, H_0, W_0)
+
+    Example:
+        >>> dec = FPNDecoder([8, 16, 32], channels=16)
+        >>> feats = [torch.randn(2, c, 32 // 2**i, 40 // 2**i) for i, c in enumerate([8, 16, 32])]
+        >>> dec(feats).shape
+        torch.Size([2, 16, 32, 40])
+    """
+
+    summary: ClassVar[str] = "FPN top-down path + semantic-FPN merge (sum or concat) to 1/4"
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int = 128,
+        merge: Literal["sum", "concat"] = "sum",
+        upsample: Literal["nearest", "bilinear"] = "nearest",
+    ) -> None:
+        super().__init__()
+        if len(in_channels) == 0:
+            raise ValueError(f"{type(self).__name__} needs at least one feature level")
+        if merge not in ("sum", "concat"):
+            raise ValueError(f"merge must be 'sum' or 'concat', got {merge!r}")
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        self.in_channels = tuple(int(c) for c in in_channels)
+        self.channels = channels
+        self.out_channels = channels
+        self.merge = merge
+        self.upsample = upsample
+        self.lateral = nn.ModuleList(self._build_lateral(c, channels) for c in self.in_channels)
+        self.output = nn.ModuleList(ConvNormAct(channels, channels, 3) for _ in self.in_channels)
+        n = len(self.in_channels)
+        self.fuse = ConvNormAct(n * channels, channels, 3) if merge == "concat" else nn.Identity()
+
+    def _build_lateral(self, in_channels: int, channels: int) -> nn.Module:
+        """The lateral projection of one level (a 1×1 conv here; FaPN uses its FSM)."""
+        return nn.Conv2d(in_channels, channels, 1)
+
+    def top_down_step(self, level: int, lateral: Tensor, top: Tensor) -> Tensor:
+        """Combine a lateral with the coarser top-down feature: ``L_i + up(T_{i+1})``.
+
+        Shape:
+            lateral: (B, channels, H_i, W_i); top: (B, channels, H_{i+1}, W_{i+1})
+            -> (B, channels, H_i, W_i)
+        """
+        return lateral + resize_to(top, lateral, self.upsample)
+
+    def pyramid(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """The FPN outputs ``P_i`` before the merge, finest first.
+
+        Shape:
+            features: [(B, in_channels[i], H_i, W_i)] -> [(B, channels, H_i, W_i)]
+        """
+        check_features(self, features, self.in_channels)
+        laterals = [lat(f) for lat, f in zip(self.lateral, features, strict=True)]
+        top = laterals[-1]
+        tops = [top]
+        for i in range(len(laterals) - 2, -1, -1):
+            top = self.top_down_step(i, laterals[i], top)
+            tops.append(top)
+        tops.reverse()
+        return [conv(t) for conv, t in zip(self.output, tops, strict=True)]
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """Decode a feature pyramid into one map at the finest level.
+
+        Shape:
+            features: [(B, in_channels[i], H_i, W_i)] -> (B, channels, H_0, W_0)
+        """
+        outs = self.pyramid(features)
+        finest = outs[0]
+        resized = [finest] + [resize_to(p, finest) for p in outs[1:]]
+        if self.merge == "sum":
+            out = resized[0]
+            for p in resized[1:]:
+                out = out + p
+            return out
+        return self.fuse(torch.cat(resized, dim=1))
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, channels={self.channels}, merge={self.merge!r}"

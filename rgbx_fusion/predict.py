@@ -1,0 +1,71 @@
+"""Writing predictions: label PNGs (palette mode) and colour overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytorch_lightning as pl
+from PIL import Image
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from rgbx_fusion.data.atomic import write_atomic
+from rgbx_fusion.data.transforms import Normalizer
+
+
+def colorize(labels: npt.NDArray[np.integer], palette: Sequence[Sequence[int]]) -> npt.NDArray[np.uint8]:
+    """Map class indices to palette colours (unknown / ignore → black)."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[np.clip(labels, 0, 255).astype(np.uint8)]
+
+
+def overlay(rgb: npt.NDArray[np.uint8], color: npt.NDArray[np.uint8], alpha: float = 0.5) -> npt.NDArray[np.uint8]:
+    """Blend a colour label map over the image."""
+    out = rgb.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_label_png(labels: npt.NDArray[np.integer], palette: Sequence[Sequence[int]], path: Path) -> None:
+    """Save class indices as an 8-bit palette PNG (values are the class ids)."""
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [v for c in palette for v in c]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    write_atomic(path, lambda p: img.save(p, format="PNG"))
+
+
+class SegmentationWriter(BasePredictionWriter):
+    """Writes ``labels/<name>.png`` and ``overlays/<name>.png`` for every predicted image."""
+
+    def __init__(self, output_dir: str | Path, palette: Sequence[Sequence[int]], normalizer: Normalizer) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.palette = palette
+        self.normalizer = normalizer
+        self.written = 0
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        preds = prediction["pred"].cpu().numpy()
+        rgbs = self.normalizer.denormalize_rgb(prediction["rgb"].float().cpu())
+        for pred, rgb, meta in zip(preds, rgbs, prediction["meta"], strict=True):
+            name = str(meta.get("name", f"{batch_idx:05d}_{self.written:05d}"))
+            save_label_png(pred, self.palette, self.output_dir / "labels" / f"{name}.png")
+            image = rgb.permute(1, 2, 0).numpy().astype(np.uint8)
+            blend = overlay(image, colorize(pred, self.palette))
+            write_atomic(
+                self.output_dir / "overlays" / f"{name}.png",
+                lambda p, b=blend: Image.fromarray(b).save(p, format="PNG"),
+            )
+            self.written += 1
