@@ -52,10 +52,10 @@ class RGBXLightningCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
-            # Checkpoints hold tensors and plain data only; never unpickle code.
-            if kwargs.get("weights_only") is None:
-                kwargs["weights_only"] = True
+        # Checkpoints hold tensors and plain data only; never unpickle code.
+        accepts = "weights_only" in self._subcommand_method_arguments.get(subcommand, ())
+        if accepts and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True
         return kwargs
 
     def before_predict(self) -> None:

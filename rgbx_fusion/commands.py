@@ -12,7 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Wide enough for class paths when the output is a pipe or a file (rich assumes 80 there).
+console = Console(width=None if Console().is_terminal else 160)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -31,7 +32,9 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     root = prepare_synthetic(args.root, spec, workers=args.workers)
-    console.print(f"synthetic {spec.modality} dataset ready in {root} ({time.perf_counter() - start:.1f} s)")
+    console.print(
+        f"synthetic {spec.modality} dataset ready in {root} ({time.perf_counter() - start:.1f} s)"
+    )
     return 0
 
 
@@ -46,10 +49,10 @@ def _list(args: argparse.Namespace) -> int:
         "decoders": dict(DECODERS),
     }
     table = Table(title=args.what)
-    for col in ("name", "class_path", "summary"):
+    for col in ("name", "class", "summary"):
         table.add_column(col)
     for name, cls in catalogue[args.what].items():
-        table.add_row(name, f"{cls.__module__}.{cls.__qualname__}", getattr(cls, "summary", ""))
+        table.add_row(name, cls.__qualname__, getattr(cls, "summary", ""))
     console.print(table)
     return 0
 
@@ -80,7 +83,10 @@ def _quickstart(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     prepare_synthetic(args.root, SyntheticSpec(modality="depth"), workers=args.workers)
     results = []
-    for name, cfg in (("RGB-D mid fusion (add)", args.fusion_config), ("RGB only", args.rgb_config)):
+    for name, cfg in (
+        ("RGB-D mid fusion (add)", args.fusion_config),
+        ("RGB only", args.rgb_config),
+    ):
         console.rule(f"training: {name} ({cfg})")
         res = run_experiment(cfg, [f"--data.dataset.init_args.root={args.root}"])
         res["name"] = name
@@ -90,7 +96,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    console.print(f"total time {time.perf_counter() - start:.0f} s; results in {out / 'results.json'}")
+    console.print(
+        f"total time {time.perf_counter() - start:.0f} s; results in {out / 'results.json'}"
+    )
     return 0
 
 
@@ -127,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--workers", type=int, default=2)
     syn.set_defaults(func=_prepare)
 
-    quick = sub.add_parser("quickstart", help="prepare the synthetic data, train fusion and rgb-only, compare")
+    quick = sub.add_parser(
+        "quickstart", help="prepare the synthetic data, train fusion and rgb-only, compare"
+    )
     quick.add_argument("--root", default="datasets/synthetic")
     quick.add_argument("--fusion-config", default="configs/synthetic_mid_add.yaml")
     quick.add_argument("--rgb-config", default="configs/synthetic_rgb_only.yaml")

@@ -16,20 +16,26 @@ from rgbx_fusion.data.atomic import write_atomic
 from rgbx_fusion.data.transforms import Normalizer
 
 
-def colorize(labels: npt.NDArray[np.integer], palette: Sequence[Sequence[int]]) -> npt.NDArray[np.uint8]:
+def colorize(
+    labels: npt.NDArray[np.integer], palette: Sequence[Sequence[int]]
+) -> npt.NDArray[np.uint8]:
     """Map class indices to palette colours (unknown / ignore → black)."""
     lut = np.zeros((256, 3), np.uint8)
     lut[: len(palette)] = np.asarray(palette, np.uint8)
     return lut[np.clip(labels, 0, 255).astype(np.uint8)]
 
 
-def overlay(rgb: npt.NDArray[np.uint8], color: npt.NDArray[np.uint8], alpha: float = 0.5) -> npt.NDArray[np.uint8]:
+def overlay(
+    rgb: npt.NDArray[np.uint8], color: npt.NDArray[np.uint8], alpha: float = 0.5
+) -> npt.NDArray[np.uint8]:
     """Blend a colour label map over the image."""
     out = rgb.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def save_label_png(labels: npt.NDArray[np.integer], palette: Sequence[Sequence[int]], path: Path) -> None:
+def save_label_png(
+    labels: npt.NDArray[np.integer], palette: Sequence[Sequence[int]], path: Path
+) -> None:
     """Save class indices as an 8-bit palette PNG (values are the class ids)."""
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = [v for c in palette for v in c]
@@ -37,10 +43,16 @@ def save_label_png(labels: npt.NDArray[np.integer], palette: Sequence[Sequence[i
     write_atomic(path, lambda p: img.save(p, format="PNG"))
 
 
+def _save_rgb(image: npt.NDArray[np.uint8], path: Path) -> None:
+    write_atomic(path, lambda p: Image.fromarray(image).save(p, format="PNG"))
+
+
 class SegmentationWriter(BasePredictionWriter):
     """Writes ``labels/<name>.png`` and ``overlays/<name>.png`` for every predicted image."""
 
-    def __init__(self, output_dir: str | Path, palette: Sequence[Sequence[int]], normalizer: Normalizer) -> None:
+    def __init__(
+        self, output_dir: str | Path, palette: Sequence[Sequence[int]], normalizer: Normalizer
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.palette = palette
@@ -64,8 +76,5 @@ class SegmentationWriter(BasePredictionWriter):
             save_label_png(pred, self.palette, self.output_dir / "labels" / f"{name}.png")
             image = rgb.permute(1, 2, 0).numpy().astype(np.uint8)
             blend = overlay(image, colorize(pred, self.palette))
-            write_atomic(
-                self.output_dir / "overlays" / f"{name}.png",
-                lambda p, b=blend: Image.fromarray(b).save(p, format="PNG"),
-            )
+            _save_rgb(blend, self.output_dir / "overlays" / f"{name}.png")
             self.written += 1

@@ -130,7 +130,7 @@ class RGBXDataModule(pl.LightningDataModule):
 
     @property
     def palette(self) -> list[tuple[int, int, int]]:
-        return [tuple(c) for c in self._probe.palette]  # type: ignore[misc]
+        return [(int(c[0]), int(c[1]), int(c[2])) for c in self._probe.palette]
 
     # ---- normalisation ---------------------------------------------------------------
     def estimate_aux_stats(self, max_samples: int = 64) -> tuple[tuple[float, ...], ...]:
@@ -179,7 +179,9 @@ class RGBXDataModule(pl.LightningDataModule):
             tf = build_train_transform(self.train_size, self.scale, self.hflip, self.photometric)
             return TransformedDataset(self.base_dataset(self.splits["fit"]), tf, norm)
         split = self.predict_split if stage == "predict" else self.splits[stage]
-        return TransformedDataset(self.base_dataset(split), build_eval_transform(self.eval_size), norm)
+        return TransformedDataset(
+            self.base_dataset(split), build_eval_transform(self.eval_size), norm
+        )
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader[dict[str, Any]]:
         workers = self.num_workers

@@ -97,11 +97,15 @@ def decode_npy_m(path: Path) -> FloatMap:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise CorruptFileError(path, "a readable .npy array", f"an undecodable file ({exc})") from exc
+        raise CorruptFileError(
+            path, "a readable .npy array", f"an undecodable file ({exc})"
+        ) from exc
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-        raise DepthFormatError(path, "a 2-D numeric depth array in metres", f"{arr.dtype} {arr.shape}")
+        raise DepthFormatError(
+            path, "a 2-D numeric depth array in metres", f"{arr.dtype} {arr.shape}"
+        )
     depth = arr.astype(np.float32)
     finite = np.isfinite(depth)
     if not finite.all():

@@ -20,9 +20,7 @@ from rgbx_fusion.errors import ConfigError, OfflineWeightsError
 from rgbx_fusion.types import FeatureSpec
 
 
-def create_features_model(
-    name: str, in_chans: int, pretrained: bool, **kwargs: Any
-) -> nn.Module:
+def create_features_model(name: str, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, features_only=True, ...)`` with clear errors."""
     try:
         return timm.create_model(
@@ -44,12 +42,12 @@ def create_features_model(
         ) from exc
 
 
-def _segments_from_feature_net(model: nn.Module, keep: Sequence[str]) -> list[nn.Sequential]:
+def _segments_from_feature_net(model: Any, keep: Sequence[str]) -> list[nn.Sequential]:
     """Cut a timm FeatureDictNet/FeatureListNet into segments ending at ``keep`` layers."""
     segments: list[nn.Sequential] = []
     current: OrderedDict[str, nn.Module] = OrderedDict()
     wanted = {k.replace(".", "_") for k in keep}
-    for name, module in model.items():  # type: ignore[operator]
+    for name, module in model.items():
         flat = name.replace(".", "_")
         current[flat] = module
         if flat in wanted:
@@ -60,7 +58,7 @@ def _segments_from_feature_net(model: nn.Module, keep: Sequence[str]) -> list[nn
     return segments
 
 
-def _segments_from_block_net(model: nn.Module, stage_ends: Sequence[int]) -> list[nn.Sequential]:
+def _segments_from_block_net(model: Any, stage_ends: Sequence[int]) -> list[nn.Sequential]:
     """Cut timm's EfficientNet/MobileNetV3 feature nets (stem + ``blocks``) into segments."""
     segments: list[nn.Sequential] = []
     current: OrderedDict[str, nn.Module] = OrderedDict(
@@ -72,7 +70,7 @@ def _segments_from_block_net(model: nn.Module, stage_ends: Sequence[int]) -> lis
     if 0 in ends:
         segments.append(nn.Sequential(current))
         current = OrderedDict()
-    for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+    for i, block in enumerate(model.blocks):
         current[f"blocks_{i}"] = block
         if i + 1 in ends:
             segments.append(nn.Sequential(current))
@@ -104,8 +102,8 @@ class StagedBackbone(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        model = create_features_model(name, in_chans, pretrained, **kwargs)
-        info = model.feature_info  # type: ignore[union-attr]
+        model: Any = create_features_model(name, in_chans, pretrained, **kwargs)
+        info = model.feature_info
         reductions = list(info.reduction())
         if out_indices is None:
             candidates = [i for i, r in enumerate(reductions) if r >= 4]
@@ -142,7 +140,8 @@ class StagedBackbone(nn.Module):
 
     def forward_stage(self, index: int, x: Tensor) -> Tensor:
         """Run segment ``index`` on the previous segment's native-format output."""
-        return self.segments[index](x)  # type: ignore[no-any-return]
+        out: Tensor = self.segments[index](x)
+        return out
 
     def to_nchw(self, x: Tensor) -> Tensor:
         return x.permute(0, 3, 1, 2) if self.nhwc else x

@@ -35,7 +35,8 @@ class SegmentationBranch(nn.Module):
         self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(out, num_classes, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.decoder(self.encoder(x)))  # type: ignore[no-any-return]
+        out: Tensor = self.head(self.decoder(self.encoder(x)))
+        return out
 
 
 class LateFusion(nn.Module):
@@ -51,7 +52,9 @@ class LateFusion(nn.Module):
         z_rgb, z_aux: (B, K, H, W) -> (B, K, H, W)
     """
 
-    def __init__(self, num_classes: int, mode: Literal["mean", "weighted", "conv"] = "mean") -> None:
+    def __init__(
+        self, num_classes: int, mode: Literal["mean", "weighted", "conv"] = "mean"
+    ) -> None:
         super().__init__()
         if mode not in ("mean", "weighted", "conv"):
             raise ConfigError(f"late_fusion must be 'mean', 'weighted' or 'conv', got {mode!r}")
@@ -63,7 +66,7 @@ class LateFusion(nn.Module):
             with torch.no_grad():
                 eye = torch.eye(num_classes) / 2
                 self.conv.weight.copy_(torch.cat([eye, eye], 1)[..., None, None])
-                self.conv.bias.zero_()
+                self.conv.bias.zero_()  # type: ignore[union-attr]
 
     def forward(self, z_rgb: Tensor, z_aux: Tensor) -> Tensor:
         if self.mode == "mean":
@@ -71,4 +74,5 @@ class LateFusion(nn.Module):
         if self.mode == "weighted":
             w = torch.sigmoid(self.logit_weight).view(1, -1, 1, 1)
             return w * z_rgb + (1 - w) * z_aux
-        return self.conv(torch.cat([z_rgb, z_aux], dim=1))  # type: ignore[no-any-return]
+        out: Tensor = self.conv(torch.cat([z_rgb, z_aux], dim=1))
+        return out

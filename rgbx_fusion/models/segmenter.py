@@ -37,9 +37,7 @@ DecoderFactory = Callable[[Sequence[int]], nn.Module]
 FusionStage = Literal["early", "mid", "late", "rgb_only", "aux_only"]
 
 
-def _per_stage(
-    option: Any, n: int, what: str
-) -> list[Any]:
+def _per_stage(option: Any, n: int, what: str) -> list[Any]:
     """Expand one factory (or ``None``) to ``n`` stages; check an explicit list's length."""
     if option is None or callable(option):
         return [option] * n
@@ -123,13 +121,16 @@ class RGBXSegmenter(nn.Module):
             spec = self.encoder.feature_spec
             n = spec.num_stages
             self.fusions = nn.ModuleList(
-                _make(f, c) for f, c in zip(_per_stage(fusion, n, "fusion"), spec.channels, strict=True)
+                _make(f, c)
+                for f, c in zip(_per_stage(fusion, n, "fusion"), spec.channels, strict=True)
             )
             self.aligners = nn.ModuleList(
-                _make(a, c, c) for a, c in zip(_per_stage(align, n, "align"), spec.channels, strict=True)
+                _make(a, c, c)
+                for a, c in zip(_per_stage(align, n, "align"), spec.channels, strict=True)
             )
             self.rectifiers = nn.ModuleList(
-                _make(r, c) for r, c in zip(_per_stage(rectify, n, "rectify"), spec.channels, strict=True)
+                _make(r, c)
+                for r, c in zip(_per_stage(rectify, n, "rectify"), spec.channels, strict=True)
             )
             if feedback and not self.encoder.widths_match:
                 raise ConfigError(
@@ -140,20 +141,30 @@ class RGBXSegmenter(nn.Module):
             self.head = _head(self.decoder, num_classes, dropout)
         elif fusion_stage == "late":
             self.rgb_branch = SegmentationBranch(
-                StagedBackbone(backbone, 3, pretrained, out_indices, **kwargs), decoder, num_classes, dropout
+                StagedBackbone(backbone, 3, pretrained, out_indices, **kwargs),
+                decoder,
+                num_classes,
+                dropout,
             )
             self.aux_branch = SegmentationBranch(
-                StagedBackbone(aux_backbone or backbone, aux_channels, pretrained, out_indices, **kwargs),
+                StagedBackbone(
+                    aux_backbone or backbone, aux_channels, pretrained, out_indices, **kwargs
+                ),
                 decoder,
                 num_classes,
                 dropout,
             )
             self.late = LateFusion(num_classes, late_fusion)
         else:
-            in_chans = {"early": 3 + aux_channels, "rgb_only": 3, "aux_only": aux_channels}[fusion_stage]
+            in_chans = {"early": 3 + aux_channels, "rgb_only": 3, "aux_only": aux_channels}[
+                fusion_stage
+            ]
             name = aux_backbone if fusion_stage == "aux_only" and aux_backbone else backbone
             self.branch = SegmentationBranch(
-                StagedBackbone(name, in_chans, pretrained, out_indices, **kwargs), decoder, num_classes, dropout
+                StagedBackbone(name, in_chans, pretrained, out_indices, **kwargs),
+                decoder,
+                num_classes,
+                dropout,
             )
 
     def forward(self, rgb: Tensor, aux: Tensor) -> Tensor:
@@ -181,14 +192,15 @@ class RGBXSegmenter(nn.Module):
             x_a = enc.aux.forward_stage(i, x_a)
             f_r = enc.rgb.to_nchw(x_r)
             f_a = enc.aux_proj[i](enc.aux.to_nchw(x_a))
-            if self.aligners[i] is not None:
-                f_r, f_a = self.aligners[i](f_r, f_a)
-            if self.rectifiers[i] is not None:
-                f_r, f_a = self.rectifiers[i](f_r, f_a)
-            f = self.fusions[i](f_r, f_a) if self.fusions[i] is not None else f_r
+            aligner, rectifier, fusion = self.aligners[i], self.rectifiers[i], self.fusions[i]
+            if not isinstance(aligner, _Absent):
+                f_r, f_a = aligner(f_r, f_a)
+            if not isinstance(rectifier, _Absent):
+                f_r, f_a = rectifier(f_r, f_a)
+            f = f_r if isinstance(fusion, _Absent) else fusion(f_r, f_a)
             fused.append(f)
             if self.feedback and i + 1 < enc.rgb.num_stages:
-                next_r, next_a = (f_r, f_a) if self.rectifiers[i] is not None else (f, f)
+                next_r, next_a = (f, f) if isinstance(rectifier, _Absent) else (f_r, f_a)
                 x_r, x_a = enc.rgb.from_nchw(next_r), enc.aux.from_nchw(next_a)
         return fused
 
@@ -203,8 +215,16 @@ class RGBXSegmenter(nn.Module):
         return losses
 
 
-def _make(factory: Callable[..., nn.Module] | None, *args: int) -> nn.Module | None:
-    return None if factory is None else factory(*args)
+def _make(factory: Callable[..., nn.Module] | None, *args: int) -> nn.Module:
+    """Build one per-stage part; ``None`` becomes a placeholder the forward pass skips."""
+    return _Absent() if factory is None else factory(*args)
+
+
+class _Absent(nn.Module):
+    """Stands for "nothing at this stage" inside an ``nn.ModuleList``."""
+
+    def forward(self, *args: Tensor) -> Tensor:  # pragma: no cover - never called
+        raise RuntimeError("placeholder module called")
 
 
 def _head(decoder: nn.Module, num_classes: int, dropout: float) -> nn.Module:

@@ -62,7 +62,8 @@ class SegmentationTask(pl.LightningModule):
         self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["network"])
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(
-                f"{len(class_names)} class names for num_classes={num_classes}; link both from the data"
+                f"{len(class_names)} class names for num_classes={num_classes}; "
+                "link both from the data"
             )
         self.net = network(num_classes, aux_channels)
         self.num_classes = num_classes
@@ -72,8 +73,18 @@ class SegmentationTask(pl.LightningModule):
             {s: SegmentationMetrics(num_classes, ignore_index) for s in ("val", "test")}
         )
 
+    @property
+    def _hp(self) -> Any:
+        return self.hparams
+
+    def metric(self, split: str) -> SegmentationMetrics:
+        metric = self.metrics[split]
+        assert isinstance(metric, SegmentationMetrics)
+        return metric
+
     def forward(self, rgb: Tensor, aux: Tensor) -> Tensor:
-        return self.net(rgb, aux)  # type: ignore[no-any-return]
+        out: Tensor = self.net(rgb, aux)
+        return out
 
     def _loss(self, logits: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         ce = F.cross_entropy(logits, mask, ignore_index=self.ignore_index)
@@ -83,7 +94,7 @@ class SegmentationTask(pl.LightningModule):
         if callable(reg):
             for name, value in reg().items():
                 parts[name] = value
-                total = total + self.hparams.align_loss_weight * value
+                total = total + self._hp.align_loss_weight * value
         return total, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -100,7 +111,7 @@ class SegmentationTask(pl.LightningModule):
         logits = self(batch["rgb"], batch["aux"])
         loss, _ = self._loss(logits, batch["mask"])
         self.log(f"{split}/loss", loss, batch_size=batch["rgb"].shape[0], sync_dist=True)
-        self.metrics[split].update(logits.argmax(1), batch["mask"])
+        self.metric(split).update(logits.argmax(1), batch["mask"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -113,7 +124,7 @@ class SegmentationTask(pl.LightningModule):
         return {"pred": logits.argmax(1), "meta": batch["meta"], "rgb": batch["rgb"]}
 
     def _eval_epoch_end(self, split: str) -> None:
-        metric = self.metrics[split]
+        metric = self.metric(split)
         scores = metric.scores()
         self.log(f"{split}/mIoU", scores["mIoU"].float(), prog_bar=True)
         self.log(f"{split}/pixel_acc", scores["pixel_acc"].float())
@@ -133,20 +144,21 @@ class SegmentationTask(pl.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         opt = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": decay, "weight_decay": self._hp.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=self.hparams.lr,
+            lr=self._hp.lr,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_fraction * total)
-        power = self.hparams.poly_power
+        warmup = int(self._hp.warmup_fraction * total)
+        power = self._hp.poly_power
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_poly(step, total, warmup, power)
         )

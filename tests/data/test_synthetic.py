@@ -56,7 +56,7 @@ def test_reader_returns_the_sample_contract(tiny_depth_root: Path) -> None:
     assert s["rgb"].dtype == np.uint8 and s["rgb"].shape == (60, 80, 3)
     assert s["aux"].dtype == np.float32 and s["aux"].shape == (60, 80, 1)
     assert s["mask"].dtype == np.int64 and s["mask"].max() < len(DEPTH_CLASSES)
-    assert 0.0 < s["aux"][s["aux"] > 0].min() and s["aux"].max() < 8.0
+    assert s["aux"][s["aux"] > 0].min() > 0.0 and s["aux"].max() < 8.0
     assert np.asarray(s["meta"]["K"]).shape == (3, 3)
 
 
@@ -106,7 +106,9 @@ def _object_features(n_frames: int = 120) -> dict[str, list[tuple[np.ndarray, np
                     continue
                 pix = rgb[obj]
                 hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[obj]
-                rgb_f = np.concatenate([pix.mean(0), pix.std(0), [np.cos(np.deg2rad(hsv[:, 0])).mean()]])
+                rgb_f = np.concatenate(
+                    [pix.mean(0), pix.std(0), [np.cos(np.deg2rad(hsv[:, 0])).mean()]]
+                )
                 relief = np.median(depth[inner]) - np.median(depth[ring])
                 depth_f = np.array([relief, depth[inner].std()])
                 feats[DEPTH_CLASSES[cls]].append((rgb_f, depth_f))

@@ -92,8 +92,11 @@ def read_thermal(path: Path) -> npt.NDArray[np.float32]:
     """Read an 8- or 16-bit single-channel thermal image, scaled to [0, 1]."""
     arr = read_image_array(path)
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
-        raise DatasetError(path, "a single-channel 8/16-bit thermal image", f"{arr.dtype} {arr.shape}")
-    return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        raise DatasetError(
+            path, "a single-channel 8/16-bit thermal image", f"{arr.dtype} {arr.shape}"
+        )
+    top = 255.0 if arr.dtype == np.uint8 else 65535.0
+    return arr.astype(np.float32) / top
 
 
 class FolderRGBX(Dataset[Sample]):
@@ -178,9 +181,10 @@ class FolderRGBX(Dataset[Sample]):
             for key, found in index.items():
                 if name not in found:
                     folder = self.root / (self.modality if key == "aux" else key)
+                    exts = aux_ext if key == "aux" else _EXTENSIONS[key]
                     raise MissingFileError(
                         folder / name,
-                        f"a file listed in {split_file} (extensions {aux_ext if key == 'aux' else _EXTENSIONS[key]})",
+                        f"a file listed in {split_file} (extensions {exts})",
                         "no such file",
                     )
                 entry[key] = found[name]

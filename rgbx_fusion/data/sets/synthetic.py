@@ -124,9 +124,7 @@ def prepare_synthetic(
     todo = [
         i
         for i in range(spec.total)
-        if not all(
-            (root / d / f"{i:05d}.png").is_file() for d in ("rgb", spec.modality, "labels")
-        )
+        if not all((root / d / f"{i:05d}.png").is_file() for d in ("rgb", spec.modality, "labels"))
     ]
     metas: dict[str, Any] = {}
     jobs = [(root, spec, i) for i in range(spec.total)]

@@ -134,9 +134,10 @@ def _place(
     for _ in range(30):
         y, x = int(rng.integers(0, h - sh)), int(rng.integers(0, w - sw))
         region = shape > 0
-        if allowed[y : y + sh, x : x + sw][region].mean() > 0.97 and not taken[
-            y : y + sh, x : x + sw
-        ][region].any():
+        if (
+            allowed[y : y + sh, x : x + sw][region].mean() > 0.97
+            and not taken[y : y + sh, x : x + sw][region].any()
+        ):
             return y, x
     return None
 
@@ -270,8 +271,10 @@ def sensor_depth(rng: np.random.Generator, depth: F32, rgb: F32) -> F32:
     return np.where(missing, 0.0, np.maximum(z, 0.0)).astype(np.float32)
 
 
-def misalignment(rng: np.random.Generator, strength: float, h: int, w: int, kind: str) -> np.ndarray:
-    """A random ``aux_from_rgb`` 3×3 transform: up to 8 px shift, 3° rotation, 5% scale × strength."""
+def misalignment(
+    rng: np.random.Generator, strength: float, h: int, w: int, kind: str
+) -> np.ndarray:
+    """A random ``aux_from_rgb`` 3×3 transform: ≤ 8 px shift, 3° rotation, 5% scale × strength."""
     ang = np.deg2rad(rng.uniform(-3, 3) * strength)
     s = 1.0 + rng.uniform(-0.05, 0.05) * strength
     tx, ty = rng.uniform(-8, 8, size=2) * strength * w / 320
@@ -299,13 +302,14 @@ def render_frame(
     rgb, depth, labels, k = render_room(rng, height, width)
     temp = paint_objects(rng, rgb, depth, labels, night)
     rgb *= rng.uniform(0.75, 1.15)
+    observed: npt.NDArray[np.float64]
     if night:
-        rgb = rgb * rng.uniform(0.08, 0.2) + rng.standard_normal(rgb.shape) * 0.04
+        observed = rgb * rng.uniform(0.08, 0.2) + rng.standard_normal(rgb.shape) * 0.04
         noisy = temp + rng.standard_normal(temp.shape).astype(np.float32) * 0.015
         aux = cv2.GaussianBlur(noisy, (0, 0), 1.0)
     else:
-        rgb = rgb + rng.standard_normal(rgb.shape) * 0.012
-        aux = sensor_depth(rng, depth, rgb)
+        observed = rgb + rng.standard_normal(rgb.shape) * 0.012
+        aux = sensor_depth(rng, depth, observed.astype(np.float32))
     meta: dict[str, Any] = {"K": k.tolist()}
     if misalign != "none":
         m = misalignment(rng, misalign_strength, height, width, misalign)
@@ -313,5 +317,5 @@ def render_frame(
         mat = m if misalign == "homography" else m[:2]
         aux = warp(aux, mat, (width, height), flags=cv2.INTER_NEAREST, borderValue=0.0)
         meta["aux_from_rgb"] = m.tolist()
-    rgb8 = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    rgb8 = np.clip(observed * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Frame(rgb=rgb8, aux=np.asarray(aux, np.float32), labels=labels, meta=meta)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from rgbx_fusion.errors import ConfigError
+from rgbx_fusion.models.decoders import DECODERS
+from rgbx_fusion.models.fusion import CMXFusion, FeatureRectify, SEFusion
+from rgbx_fusion.models.segmenter import RGBXSegmenter
+
+STAGES = ["early", "mid", "late", "rgb_only", "aux_only"]
+BACKBONE = "resnet18"
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_and_decoder_trains(stage: str, decoder: str) -> None:
+    """A few optimiser steps on one batch reduce the loss for every stage × decoder."""
+    torch.manual_seed(0)
+    net = RGBXSegmenter(
+        4, 1, stage, backbone=BACKBONE, decoder=partial(DECODERS[decoder], channels=32)
+    )
+    rgb, aux = torch.randn(2, 3, 64, 80), torch.randn(2, 1, 64, 80)
+    target = (aux[:, 0] > 0).long() + 2 * (rgb[:, 0] > 0).long()
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(4):
+        logits = net(rgb, aux)
+        assert logits.shape == (2, 4, 64, 80)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+
+
+def test_per_stage_fusion_list_and_cmx_feedback() -> None:
+    net = RGBXSegmenter(
+        3,
+        1,
+        "mid",
+        backbone=BACKBONE,
+        fusion=[None, SEFusion, SEFusion, CMXFusion],
+        rectify=FeatureRectify,
+        feedback=True,
+    )
+    assert net.fusions[0] is None and isinstance(net.fusions[3], CMXFusion)
+    out = net(torch.randn(1, 3, 64, 64), torch.randn(1, 1, 64, 64))
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_feedback_changes_the_next_stage_inputs() -> None:
+    torch.manual_seed(0)
+    a = RGBXSegmenter(3, 1, "mid", backbone=BACKBONE, feedback=False).eval()
+    b = RGBXSegmenter(3, 1, "mid", backbone=BACKBONE, feedback=True).eval()
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randn(1, 3, 64, 64), torch.randn(1, 1, 64, 64)
+    fa, fb = a.fused_features(x, y), b.fused_features(x, y)
+    torch.testing.assert_close(fa[0], fb[0])  # stage 1 is the same
+    assert not torch.allclose(fa[1], fb[1])  # later stages see the fused maps
+
+
+def test_wrong_number_of_stage_fusions() -> None:
+    with pytest.raises(ConfigError, match="one entry per stage"):
+        RGBXSegmenter(3, 1, "mid", backbone=BACKBONE, fusion=[SEFusion, None])
+
+
+def test_align_outside_mid_fusion_is_rejected() -> None:
+    from rgbx_fusion.models.align import IdentityAlign
+
+    with pytest.raises(ConfigError, match="fusion_stage='mid'"):
+        RGBXSegmenter(3, 1, "early", backbone=BACKBONE, align=IdentityAlign)
+
+
+def test_late_fusion_modes() -> None:
+    for mode in ("mean", "weighted", "conv"):
+        net = RGBXSegmenter(3, 2, "late", backbone=BACKBONE, late_fusion=mode)
+        assert net(torch.randn(1, 3, 64, 64), torch.randn(1, 2, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_unknown_stage() -> None:
+    with pytest.raises(ConfigError, match="fusion_stage"):
+        RGBXSegmenter(3, 1, "middle")  # type: ignore[arg-type]
