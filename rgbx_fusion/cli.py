@@ -8,11 +8,13 @@ dataset; ``rgbx-fusion quickstart`` does both and prints the comparison table;
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -25,6 +27,42 @@ EXTRA_COMMANDS = ("prepare", "quickstart", "list")
 # Lightning falls back to its CSV logger without tensorboard; that is the intended default.
 warnings.filterwarnings("ignore", message=".*tensorboardX.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+warnings.filterwarnings(
+    "ignore", message=".*args parameter is intended to run from within Python.*"
+)
+
+
+class RGBXArgumentParser(LightningArgumentParser):
+    """Lightning's parser, with the nearest valid option suggested for an unknown key."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(message + suggest_option(message, self._option_names()), ex)
+
+    def _option_names(self) -> list[str]:
+        names = [
+            opt[2:]
+            for action in self._actions
+            for opt in action.option_strings
+            if opt.startswith("--")
+        ]
+        sub = self._subcommands_action
+        if sub is not None:  # errors about config files are raised by the root parser
+            for parser in sub._name_parser_map.values():
+                if isinstance(parser, RGBXArgumentParser):
+                    names.extend(parser._option_names())
+        return names
+
+
+def suggest_option(message: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'model.lr'?)`` for the first unknown key named in ``message``."""
+    found = re.findall(r"(?:--|')([A-Za-z_][\w.]*)", message)
+    for key in found:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean '{close[0]}'?)"
+    return ""
 
 
 class RGBXLightningCLI(LightningCLI):
@@ -85,6 +123,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> RGBXLightn
         args=list(args) if args is not None else None,
         run=run,
         parser_kwargs={"parser_mode": "yaml"},
+        parser_class=RGBXArgumentParser,
     )
 
 

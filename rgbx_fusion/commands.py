@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from rgbx_fusion.bench.flops import count_flops, count_parameters, parse_size
 from rich.table import Table
 
 # Wide enough for class paths when the output is a pipe or a file (rich assumes 80 there).
@@ -48,13 +50,38 @@ def _list(args: argparse.Namespace) -> int:
         "aligners": dict(ALIGNERS),
         "decoders": dict(DECODERS),
     }
-    table = Table(title=args.what)
-    for col in ("name", "class", "summary"):
-        table.add_column(col)
+    if args.what == "datasets":
+        from rgbx_fusion.data.plugins import dataset_registry
+
+        catalogue["datasets"] = dataset_registry()
+    costs = args.what in ("fusions", "aligners")
+    h, w = parse_size(args.size)
+    title = args.what + (f" (costs at C={args.channels}, {h}×{w}, batch 1)" if costs else "")
+    table = Table(title=title)
+    for col in ("name", "class", "summary") + (("params", "GFLOPs") if costs else ()):
+        table.add_column(col, justify="right" if col in ("params", "GFLOPs") else "left")
     for name, cls in catalogue[args.what].items():
-        table.add_row(name, cls.__qualname__, getattr(cls, "summary", ""))
+        row = [name, cls.__qualname__, (getattr(cls, "summary", "") or "").strip()]
+        if costs:
+            row += _operator_costs(cls, args.what, args.channels, h, w)
+        table.add_row(*row)
     console.print(table)
     return 0
+
+
+def _operator_costs(cls: Any, kind: str, channels: int, h: int, w: int) -> list[str]:
+    """Parameters and GFLOPs of one fusion/aligner on two C×H×W maps."""
+    import torch
+
+    x = torch.randn(1, channels, h, w)
+    if kind == "fusions":
+        module, aux = cls(channels), x.clone()
+    else:
+        # depth-level aligners (reprojection) take a single-channel aux image
+        aux_channels = 1 if getattr(cls, "input_level", False) else channels
+        module, aux = cls(channels, aux_channels), torch.randn(1, aux_channels, h, w)
+    flops = count_flops(module, x, aux)
+    return [f"{count_parameters(module):,}", f"{flops / 1e9:.3f}"]
 
 
 def run_experiment(config: str | Path, extra: Sequence[str] = ()) -> dict[str, Any]:
@@ -146,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_quickstart)
 
     lst = sub.add_parser("list", help="show the catalogues")
-    lst.add_argument("what", choices=("fusions", "aligners", "decoders"))
+    lst.add_argument("what", choices=("fusions", "aligners", "decoders", "datasets"))
+    lst.add_argument("--channels", type=int, default=64, help="channel width for costs")
+    lst.add_argument("--size", default="120x160", help="feature-map size HxW for costs")
     lst.set_defaults(func=_list)
     return parser
 

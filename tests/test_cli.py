@@ -121,7 +121,8 @@ def test_list_and_prepare_commands(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["list", "fusions"])
     assert exc.value.code == 0
-    assert "AddFusion" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "AddFusion" in listing and "CMXFusion" in listing and "GFLOPs" in listing
     with pytest.raises(SystemExit) as exc:
         main(
             [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -194,6 +195,7 @@ class RGBXDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             collate_fn=collate,
+            worker_init_fn=_init_worker,
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
@@ -207,6 +209,11 @@ class RGBXDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("predict", shuffle=False)
+
+
+def _init_worker(worker_id: int) -> None:
+    """One OpenCV thread per worker: the workers already run in parallel with training."""
+    cv2.setNumThreads(1)
 
 
 def _fmt(values: Sequence[float] | None) -> str:

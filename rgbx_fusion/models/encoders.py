@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import timm
+import torch
 from torch import Tensor, nn
 
 from rgbx_fusion.errors import ConfigError, OfflineWeightsError
@@ -40,6 +41,41 @@ def create_features_model(name: str, in_chans: int, pretrained: bool, **kwargs: 
             "offline: set pretrained: false, or pass a local file with "
             "backbone_kwargs: {pretrained_cfg_overlay: {file: /path/to/weights}}"
         ) from exc
+
+
+def extend_input_channels(model: nn.Module, in_chans: int) -> None:
+    """Grow the first 3-channel convolution of ``model`` to ``in_chans`` inputs, in place.
+
+    The RGB filters are kept as they are, so a pretrained network sees RGB exactly
+    as before; every extra channel starts with the mean of the RGB filters (the
+    filter a grey image would see). With the extra channels at zero the output is
+    unchanged.
+    """
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                if in_chans <= 3:
+                    return
+                new = nn.Conv2d(
+                    in_chans,
+                    child.out_channels,
+                    child.kernel_size,  # type: ignore[arg-type]
+                    child.stride,  # type: ignore[arg-type]
+                    child.padding,  # type: ignore[arg-type]
+                    child.dilation,  # type: ignore[arg-type]
+                    child.groups,
+                    child.bias is not None,
+                    child.padding_mode,
+                )
+                with torch.no_grad():
+                    w = child.weight
+                    extra = w.mean(dim=1, keepdim=True).expand(-1, in_chans - 3, -1, -1)
+                    new.weight.copy_(torch.cat([w, extra], dim=1))
+                    if child.bias is not None and new.bias is not None:
+                        new.bias.copy_(child.bias)
+                setattr(parent, name, new)
+                return
+    raise ConfigError(f"{type(model).__name__} has no 3-channel input convolution to extend")
 
 
 def _segments_from_feature_net(model: Any, keep: Sequence[str]) -> list[nn.Sequential]:
@@ -102,7 +138,12 @@ class StagedBackbone(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        model: Any = create_features_model(name, in_chans, pretrained, **kwargs)
+        # Pretrained weights with more than 3 inputs (early fusion): keep the RGB
+        # filters and extend them, instead of timm's cyclic repeat of all channels.
+        extend = pretrained and in_chans > 3
+        model: Any = create_features_model(name, 3 if extend else in_chans, pretrained, **kwargs)
+        if extend:
+            extend_input_channels(model, in_chans)
         info = model.feature_info
         reductions = list(info.reduction())
         if out_indices is None:
@@ -226,9 +267,4 @@ class DualEncoder(nn.Module):
         return out_r, out_a
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of distinct parameters (shared tensors counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
-
-
-__all__ = ["DualEncoder", "StagedBackbone", "count_parameters", "create_features_model"]
+__all__ = ["DualEncoder", "StagedBackbone", "create_features_model", "extend_input_channels"]

@@ -65,3 +65,42 @@ def test_pretrained_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(encoders.timm, "create_model", offline)
     with pytest.raises(OfflineWeightsError, match="pretrained: false"):
         StagedBackbone("resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "efficientnet_b0"])
+def test_extending_the_input_conv_keeps_rgb_behaviour(name: str) -> None:
+    from rgbx_fusion.models.encoders import extend_input_channels
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, features_only=True).eval()
+    rgb = torch.randn(1, 3, 64, 64)
+    before = model(rgb)
+    extend_input_channels(model, 5)
+    after = model(torch.cat([rgb, torch.zeros(1, 2, 64, 64)], 1))
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b)
+    grey = rgb.mean(1, keepdim=True)
+    changed = model(torch.cat([rgb, grey, grey], 1))
+    assert not torch.allclose(changed[0], before[0])
+
+
+def test_early_fusion_with_pretrained_weights_extends_rgb_filters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pretrained + 4 inputs: built with 3 channels (the pretrained ones), then extended."""
+    from rgbx_fusion.models import encoders
+
+    calls = []
+    real = encoders.timm.create_model
+
+    def fake(name, **kwargs):
+        calls.append(kwargs["in_chans"])
+        kwargs["pretrained"] = False  # offline: stand-in for the downloaded weights
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(encoders.timm, "create_model", fake)
+    backbone = StagedBackbone("resnet18", 4, pretrained=True)
+    assert calls == [3]
+    first = backbone.segments[0][0]
+    assert isinstance(first, torch.nn.Conv2d) and first.in_channels == 4
+    torch.testing.assert_close(first.weight[:, 3], first.weight[:, :3].mean(1))

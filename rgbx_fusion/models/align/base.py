@@ -41,7 +41,7 @@ class IdentityAlign(AlignBase):
 
     summary = "no alignment (aux is assumed registered)"
 
-    def __init__(self, channels: int | None = None) -> None:
+    def __init__(self, rgb_channels: int | None = None, aux_channels: int | None = None) -> None:
         super().__init__()
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:

@@ -75,6 +75,7 @@ class DepthReprojection(AlignBase):
     """
 
     summary = "calibrated depth reprojection (intrinsics + extrinsics, z-buffered), no parameters"
+    input_level = True  # works on depth images, not on feature maps
 
     K_aux: Tensor | None
     K_rgb: Tensor | None

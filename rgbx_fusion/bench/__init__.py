@@ -1,0 +1,1 @@
+"""Cost measurement: parameters, FLOPs, throughput, latency and memory."""
