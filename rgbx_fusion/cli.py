@@ -87,6 +87,13 @@ class RGBXLightningCLI(LightningCLI):
             default=None,
             help="predict: folder for label PNGs and overlays (default: <log_dir>/predictions)",
         )
+        parser.add_argument(
+            "--dump_alignment",
+            type=bool,
+            default=False,
+            help="predict: also write checkerboards, edge overlays and flow images of the "
+            "aligners to <output_dir>/alignment",
+        )
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -104,6 +111,11 @@ class RGBXLightningCLI(LightningCLI):
         dm = self.datamodule
         assert isinstance(dm, RGBXDataModule)
         self.trainer.callbacks.append(SegmentationWriter(out, dm.palette, dm.normalizer()))  # type: ignore[attr-defined]
+        if cfg.get("dump_alignment"):
+            from rgbx_fusion.alignment_report import AlignmentWriter
+
+            writer = AlignmentWriter(Path(out) / "alignment", dm.normalizer())
+            self.trainer.callbacks.append(writer)  # type: ignore[attr-defined]
         self._predict_dir = out
 
     def after_predict(self) -> None:

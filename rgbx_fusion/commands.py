@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from rgbx_fusion.bench.flops import count_flops, count_parameters, parse_size
-from rich.table import Table
 
 # Wide enough for class paths when the output is a pipe or a file (rich assumes 80 there).
 console = Console(width=None if Console().is_terminal else 160)

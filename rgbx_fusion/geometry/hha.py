@@ -64,15 +64,17 @@ def _as_batch(depth_m: Tensor, K: Tensor, dtype: torch.dtype) -> tuple[Tensor, T
     return depth_m.to(dtype), K.expand(b, 3, 3)
 
 
-def _rays(K: Tensor, h: int, w: int) -> Tensor:
-    """Normalised rays ``(X/Z, Y/Z, 1)`` of every pixel. Shape: K (B, 3, 3) -> (B, 3, H, W)."""
-    v = torch.arange(h, device=K.device, dtype=K.dtype).view(1, h, 1)
+def _ray_coords(K: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """Normalised ray coordinates ``X/Z`` per column and ``Y/Z`` per row (0-based pixels).
+
+    Shape:
+        K: (B, 3, 3) -> ((B, 1, W), (B, H, 1))
+    """
     u = torch.arange(w, device=K.device, dtype=K.dtype).view(1, 1, w)
-    fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
-    cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
-    x = ((u - cx) / fx).expand(-1, h, w)
-    y = ((v - cy) / fy).expand(-1, h, w)
-    return torch.stack((x, y, torch.ones_like(x)), dim=1)
+    v = torch.arange(h, device=K.device, dtype=K.dtype).view(1, h, 1)
+    x = (u - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (v - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    return x, y
 
 
 def square_support_normals(
@@ -104,7 +106,7 @@ def square_support_normals(
         depth_m: (B, H, W) or (H, W); K: (3, 3) or (B, 3, 3) -> (B, 3, H, W)
     """
     depth, K = _as_batch(depth_m, K, dtype)
-    b, h, w = depth.shape
+    h, w = depth.shape[1:]
     valid = depth > 0
     if missing is not None:
         valid = valid & ~missing.to(device=depth.device, dtype=torch.bool).expand_as(depth)
@@ -127,17 +129,19 @@ def square_support_normals(
     mx = a11 * gx + a12 * gy + a13 * g1
     my = a12 * gx + a22 * gy + a23 * g1
     mz = a13 * gx + a23 * gy + a33 * g1
-    rays = _rays(K, h, w)
+    ray_x, ray_y = _ray_coords(K, h, w)
     nx = mx * K[:, 0, 0, None, None]
     ny = my * K[:, 1, 1, None, None]
-    normal = torch.stack((nx, ny, mz - rays[:, 0] * nx - rays[:, 1] * ny), dim=1)
-    norm = normal.norm(dim=1, keepdim=True)
-    normal = torch.where(norm > 0, normal / norm.clamp_min(torch.finfo(dtype).tiny), 0.0)
-    # Orient: first n_z >= 0, then n · P > 0 (sign 0 counts as +1, as in the reference).
-    s = torch.where(normal[:, 2:] < 0, -1.0, 1.0).to(dtype)
-    normal = normal * s
-    facing = (normal * rays).sum(1, keepdim=True) * depth[:, None]
-    return normal * torch.where(facing < 0, -1.0, 1.0).to(dtype)
+    nz = mz - ray_x * nx - ray_y * ny
+    norm = torch.sqrt(nx * nx + ny * ny + nz * nz)
+    # Orientation as in the reference: flip to n_z >= 0, then flip again so that n · P > 0
+    # (a zero sign counts as +1). n · P = Z (n · ray) = Z m_z, so the second flip reduces to
+    # sign(m_z) wherever Z m_z != 0, and the first flip stands elsewhere.
+    first = torch.where(nz < 0, -1.0, 1.0).to(dtype)
+    facing = depth * mz
+    sign = torch.where(facing != 0, torch.sign(facing), first)
+    scale = torch.where(norm > 0, sign / norm.clamp_min(torch.finfo(dtype).tiny), 0.0)
+    return torch.stack((nx, ny, nz), dim=1) * scale[:, None]
 
 
 def estimate_gravity(
@@ -164,16 +168,18 @@ def estimate_gravity(
         normals: (B, 3, H, W) -> (B, 3)
     """
     b = normals.shape[0]
-    nn_ = normals.flatten(2).transpose(1, 2).to(torch.float64)  # (B, HW, 3)
-    valid = nn_.abs().sum(-1) > 0
+    nn_ = normals.flatten(2).to(torch.float64)  # (B, 3, HW)
+    nx, ny, nz = nn_.unbind(1)
+    # The six distinct entries of n nᵀ, once; each iteration is then two mat-vec products.
+    outer = torch.stack((nx * nx, nx * ny, nx * nz, ny * ny, ny * nz, nz * nz), dim=2)
     y = nn_.new_tensor([0.0, 1.0, 0.0]).expand(b, 3)
     for angle, count in zip(angles_deg, iterations, strict=True):
         cos_t, sin_t = math.cos(math.radians(angle)), math.sin(math.radians(angle))
         for _ in range(count):
-            sim = (nn_ @ y[:, :, None])[..., 0].abs()
+            sim = torch.bmm(y[:, None, :], nn_).abs()  # (B, 1, HW); zero normals → wall
             weight = (sim < sin_t).to(nn_) - (sim > cos_t).to(nn_)
-            weight = weight * valid
-            a = (nn_ * weight[..., None]).transpose(1, 2) @ nn_
+            a = torch.bmm(weight, outer)[:, 0]  # (B, 6); zero normals add nothing
+            a = a[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].view(b, 3, 3)
             new_y = torch.linalg.eigh(a)[1][:, :, 0]
             agree = (new_y * y).sum(-1, keepdim=True)
             y = new_y * torch.where(agree < 0, -1.0, 1.0).to(new_y)
@@ -238,11 +244,10 @@ def depth_to_hha(
     gravity = estimate_gravity(
         square_support_normals(depth, K, GRAVITY_NORMAL_RADIUS, missing, dtype)
     )
-    gravity = gravity.to(dtype)
     z_cm = depth * 100.0
-    points = _rays(K, *depth.shape[1:]) * z_cm[:, None]  # (B, 3, H, W) in cm
-    rot = gravity_rotation(gravity)
-    height = -torch.einsum("bi,bihw->bhw", rot[:, :, 1], points)  # -(Rᵀ P)_y
+    ray_x, ray_y = _ray_coords(K, *depth.shape[1:])
+    col = gravity_rotation(gravity)[:, :, 1, None, None]  # (B, 3, 1, 1)
+    height = -z_cm * (col[:, 0] * ray_x + col[:, 1] * ray_y + col[:, 2])  # -(Rᵀ P)_y in cm
     floor = height.flatten(1).amin(1)
     floor = torch.where(floor > FLOOR_LIMIT_CM, torch.full_like(floor, FLOOR_FALLBACK_CM), floor)
     height = height - floor[:, None, None]
@@ -264,14 +269,15 @@ class HHA(nn.Module):
         depth_m: (B, H, W) or (H, W) -> (B, 3, H, W) uint8
     """
 
+    K: Tensor
+
     def __init__(self, K: Tensor, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.register_buffer("K", torch.as_tensor(K, dtype=torch.float64))
-        self.dtype = dtype
+        self.compute_dtype = dtype
 
     def forward(self, depth_m: Tensor, missing: Tensor | None = None) -> Tensor:
-        K: Tensor = self.K
-        return depth_to_hha(depth_m, K, missing, self.dtype)
+        return depth_to_hha(depth_m, self.K, missing, self.compute_dtype)
 
 
 def bench_hha(
@@ -281,19 +287,29 @@ def bench_hha(
     repeats: int = 3,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    threads: int | None = 1,
 ) -> float:
-    """Seconds per image of :func:`depth_to_hha` on a synthetic room (best of ``repeats``)."""
-    v = torch.arange(height, dtype=torch.float32, device=device)[:, None].expand(height, width)
-    depth = (2.0 + 1.5 * torch.rand(1, device=device) + 0.002 * v).expand(batch, -1, -1)
+    """Seconds per image of :func:`depth_to_hha` on a synthetic room (best of ``repeats``).
+
+    ``threads`` sets ``torch.set_num_threads`` for the run (restored after); one thread per
+    process is also what ``rgbx-fusion hha --workers N`` uses.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    v = torch.arange(height, dtype=torch.float32)[:, None]
+    u = torch.arange(width, dtype=torch.float32)[None, :]
+    depth = (2.0 + 0.002 * v + 0.001 * u + 0.01 * torch.rand(batch, height, width)).to(device)
     K = torch.tensor([[518.86, 0, width / 2], [0, 519.47, height / 2], [0, 0, 1.0]])
-    depth_to_hha(depth, K, dtype=dtype)  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        depth_to_hha(depth, K, dtype=dtype)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best / batch
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    try:
+        depth_to_hha(depth, K, dtype=dtype)  # warm-up
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            depth_to_hha(depth, K, dtype=dtype)
+            sync()
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return min(times) / batch

@@ -260,10 +260,14 @@ def test_cmx_feature_rectify_reference() -> None:
         close(got2, out2)
 
 
+@pytest.mark.parametrize("size", [(5, 7), (2, 2)], ids=["tokens>channels", "tokens<channels"])
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_cmx_feature_fusion_reference(heads: int) -> None:
-    """CMX FFM, written from the reference description with explicit per-head tensors."""
-    x1, x2 = pair()
+def test_cmx_feature_fusion_reference(heads: int, size: tuple[int, int]) -> None:
+    """CMX FFM, written from the reference description with explicit per-head tensors.
+
+    Both sizes matter: the module picks its multiplication order by tokens vs channels.
+    """
+    x1, x2 = pair(h=size[0], w=size[1])
     m = prepared(CMXFusion(C, num_heads=heads))
     cp, ce = m.cross, m.channel_emb
     b, c, h, w = x1.shape

@@ -146,7 +146,9 @@ class _MatrixAlign(AlignBase):
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
         check_same_grid(self, x_rgb, x_aux)
-        return x_rgb, warp_by_flow(x_aux, self.displacement(x_rgb, x_aux))
+        flow = self.displacement(x_rgb, x_aux)
+        self._remember_displacement(flow, x_aux.shape[0])
+        return x_rgb, warp_by_flow(x_aux, flow)
 
 
 class AffineAlign(_MatrixAlign):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 
@@ -23,6 +24,7 @@ class AlignBase(nn.Module):
     """
 
     summary: ClassVar[str] = ""
+    _last_displacement: Tensor | None = None  # set by _remember_displacement
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -34,6 +36,28 @@ class AlignBase(nn.Module):
     def last_transform(self) -> Tensor | None:
         """The last predicted transform (matrix, grid or offsets) for visualisation."""
         return None
+
+    def last_displacement(self) -> Tensor | None:
+        """The displacement field applied by the last forward pass, detached.
+
+        ``None`` before the first forward, for aligners that do not move pixels along a field
+        (identity, reprojection) and while compiling or exporting (nothing is stored then).
+
+        Convention:
+            Pixels of the map the aligner ran on, channel 0 = x (right), 1 = y (down): the
+            aligned aux at ``p`` was sampled at ``p + flow(p)`` (as in
+            :func:`~rgbx_fusion.models.align.flow.warp_by_flow`).
+
+        Shape:
+            -> (B, 2, h, w)
+        """
+        return self._last_displacement
+
+    def _remember_displacement(self, flow: Tensor, batch: int) -> None:
+        """Keep ``flow`` (detached, expanded to the batch) for :meth:`last_displacement`."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return  # a side effect on the module would break the graph
+        self._last_displacement = flow.detach().expand(batch, -1, -1, -1)
 
 
 class IdentityAlign(AlignBase):

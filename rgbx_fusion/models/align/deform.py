@@ -288,3 +288,14 @@ class DeformableAlign(AlignBase):
     def last_transform(self) -> Tensor | None:
         """Offsets ``(B, 2·G·k·k, H, W)`` of the last forward pass, in pixels ``(dy, dx)``."""
         return self._last_offset
+
+    def last_displacement(self) -> Tensor | None:
+        """Mean offset of all kernel taps and groups, ``(B, 2, H, W)`` in pixels ``(x, y)``.
+
+        A summary for visualisation: the DCN samples every tap at its own offset (and
+        modulates it), so this is where the kernel looks on average, not an exact warp.
+        """
+        if self._last_offset is None:
+            return None
+        b, _, h, w = self._last_offset.shape
+        return self._last_offset.view(b, -1, 2, h, w).mean(1).flip(1)

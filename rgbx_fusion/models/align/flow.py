@@ -234,6 +234,7 @@ class FlowAlign(AlignBase):
         check_same_grid(self, x_rgb, x_aux)
         flow = self.displacement(x_rgb, x_aux)
         self._last_flow = flow.detach()
+        self._remember_displacement(flow, x_aux.shape[0])
         self._last_reg = (
             self.smoothness_weight * flow_smoothness(flow, self.smoothness_order)
             if self.smoothness_weight > 0

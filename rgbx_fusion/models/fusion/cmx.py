@@ -159,8 +159,13 @@ class ContextCrossAttention(nn.Module):
     def context(self, kv: nn.Linear, u: Tensor) -> Tensor:
         """Block-diagonal context of one stream. Shape: (B, N, C') -> (B, C', C')."""
         w_k, w_v = kv.weight.chunk(2, dim=0)
-        gram = torch.bmm(u.transpose(1, 2), u)
-        ctx = (w_k @ gram @ w_v.t()) * self.scale
+        if u.shape[1] >= u.shape[2]:
+            # Many tokens: the C'×C' Gram matrix costs B·N·C'² once, then B·C'³.
+            gram = torch.bmm(u.transpose(1, 2), u)
+            ctx = (w_k @ gram @ w_v.t()) * self.scale
+        else:
+            # Few tokens (deep stages): K and V directly, B·N·C'² each, no C'³ term.
+            ctx = torch.bmm((u @ w_k.t()).transpose(1, 2), u @ w_v.t()) * self.scale
         if self.num_heads > 1:
             ctx = ctx.masked_fill(self.head_mask, float("-inf"))
         return ctx.softmax(dim=-2)
@@ -200,8 +205,13 @@ class CrossPath(nn.Module):
     @staticmethod
     def _end(end_proj: nn.Linear, p: Tensor, ctx: Tensor) -> Tensor:
         e_y, e_v = end_proj.weight.t().chunk(2, dim=0)
-        mixed = torch.cat([e_y.expand(p.shape[0], -1, -1), ctx @ e_v], dim=1)
-        out = torch.bmm(p, mixed)
+        inner = e_y.shape[0]
+        if p.shape[1] >= inner:
+            # Fold ctx into the projection (B·C'²·C) instead of building V (B·N·C'²).
+            mixed = torch.cat([e_y.expand(p.shape[0], -1, -1), ctx @ e_v], dim=1)
+            out = torch.bmm(p, mixed)
+        else:
+            out = p[..., :inner] @ e_y + torch.bmm(p[..., inner:], ctx) @ e_v
         return out.add_(end_proj.bias.to(out.dtype))
 
     def forward(self, t1: Tensor, t2: Tensor) -> tuple[Tensor, Tensor]:
