@@ -61,7 +61,9 @@ def _list(args: argparse.Namespace) -> int:
     for col in ("name", "class", "summary") + (("params", "GFLOPs") if costs else ()):
         table.add_column(col, justify="right" if col in ("params", "GFLOPs") else "left")
     for name, cls in catalogue[args.what].items():
-        row = [name, cls.__qualname__, (getattr(cls, "summary", "") or "").strip()]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        summary = getattr(cls, "summary", "") or (doc[0] if doc else "")
+        row = [name, cls.__qualname__, summary.strip()]
         if costs:
             row += _operator_costs(cls, args.what, args.channels, h, w)
         table.add_row(*row)
@@ -161,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--misalign-strength", type=float, default=1.0)
     syn.add_argument("--workers", type=int, default=2)
     syn.set_defaults(func=_prepare)
+    from rgbx_fusion.data.sets.prepare_nyudv2 import add_prepare_parsers
+
+    add_prepare_parsers(prep_sub)
 
     quick = sub.add_parser(
         "quickstart", help="prepare the synthetic data, train fusion and rgb-only, compare"
@@ -171,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart")
     quick.add_argument("--workers", type=int, default=2)
     quick.set_defaults(func=_quickstart)
+
+    from rgbx_fusion.hha_command import add_hha_parser
+
+    add_hha_parser(sub)
 
     lst = sub.add_parser("list", help="show the catalogues")
     lst.add_argument("what", choices=("fusions", "aligners", "decoders", "datasets"))

@@ -43,8 +43,12 @@ def test_every_config_runs_fast_dev_run(
     ds_class = text["data"]["dataset"]["class_path"]
     extra = []
     if not ds_class.endswith("SyntheticRGBX"):
-        # Recipes for real datasets: same model, swapped onto generated data.
-        extra = ["--data.dataset=rgbx_fusion.data.sets.synthetic.SyntheticRGBX"]
+        # Recipes for real datasets: same model, swapped onto generated data, offline.
+        extra = [
+            "--data.dataset=rgbx_fusion.data.sets.synthetic.SyntheticRGBX",
+            "--model.network.init_args.pretrained=false",
+            "--trainer.precision=32-true",
+        ]
     root = _synthetic_root(config, tiny_depth_root, tiny_thermal_root)
     args = [
         "fit",
