@@ -58,8 +58,8 @@ def flow_to_color(
     top = float(mag.max()) if max_magnitude is None else float(max_magnitude)
     hue = (np.degrees(np.arctan2(-fy, fx)) % 360.0) / 2.0  # OpenCV hue range is [0, 180)
     sat = np.clip(mag / top, 0.0, 1.0) * 255.0 if top > 0 else np.zeros_like(mag)
-    hsv = np.stack((hue, sat, np.full_like(mag, 255.0)), axis=-1)
-    rgb = cv2.cvtColor(np.round(hsv).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    hsv = np.stack((np.round(hue) % 180, np.round(sat), np.full_like(mag, 255.0)), axis=-1)
+    rgb = np.asarray(cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB), np.uint8)
     return rgb, top
 
 
@@ -108,7 +108,8 @@ def colorize_aux(
         out = np.clip((chans - lo[:, None, None]) / scale[:, None, None], 0, 1).transpose(1, 2, 0)
     out8 = np.round(out * 255).astype(np.uint8)
     if out8.shape[-1] == 1:
-        out8 = cv2.cvtColor(cv2.applyColorMap(out8[..., 0], cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+        turbo = cv2.applyColorMap(out8[..., 0], cv2.COLORMAP_TURBO)
+        out8 = np.asarray(cv2.cvtColor(turbo, cv2.COLOR_BGR2RGB), np.uint8)
     out8[~valid] = 0
     return np.ascontiguousarray(out8)
 

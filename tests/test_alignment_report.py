@@ -106,7 +106,10 @@ def test_every_aligner_exposes_last_displacement(name: str) -> None:
     channels = 1 if getattr(cls, "input_level", False) else 4
     align = cls(channels, 1) if name == "reproject" else cls(channels, channels)
     assert align.last_displacement() is None
-    rgb, aux = torch.randn(2, channels, 10, 12), torch.rand(2, 1 if name == "reproject" else 4, 10, 12)
+    rgb, aux = (
+        torch.randn(2, channels, 10, 12),
+        torch.rand(2, 1 if name == "reproject" else 4, 10, 12),
+    )
     align(rgb, aux)
     flow = align.last_displacement()
     if name in ("identity", "reproject"):

@@ -257,6 +257,28 @@ class PairedFiles(Dataset[Sample]):
         self.files: list[dict[str, Path]] = []
         self._listings: dict[tuple[Path, tuple[str, ...]], dict[str, Path]] = {}
 
+    def choose_names(
+        self,
+        names: Sequence[str] | None,
+        split_file: Path,
+        folder: Path,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    ) -> str:
+        """Set ``self.names`` from ``names``, else the split file, else a folder listing.
+
+        Returns where the names came from, for error messages.
+        """
+        if names is not None:
+            self.names = list(names)
+            if not self.names:
+                raise DatasetError(None, "at least one sample name", "an empty names list")
+            return "the names argument"
+        if split_file.is_file():
+            self.names = split_names(split_file)
+            return str(split_file)
+        self.names = folder_names(folder, extensions)
+        return str(folder)
+
     def locate(self, folder: Path, name: str, extensions: Sequence[str], listed_in: str) -> Path:
         """The file ``folder/name.<ext>``; a typed error naming it and its split if absent."""
         key = (folder, tuple(extensions))

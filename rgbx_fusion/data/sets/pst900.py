@@ -30,11 +30,9 @@ from rgbx_fusion.data.sets.paired import (
     bit_palette,
     carve_val,
     check_depth_pngs,
-    folder_names,
     read_depth,
-    split_names,
 )
-from rgbx_fusion.errors import ConfigError, DatasetError
+from rgbx_fusion.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 AUX_CHOICES = ("thermal", "depth", "thermal+depth")
@@ -89,14 +87,7 @@ class PST900(PairedFiles):
         source = "test" if split == "test" else "train"
         base = self.root / source
         split_file = self.root / f"{source}.txt"
-        if names is not None:
-            self.names, listed_in = list(names), "the names argument"
-            if not self.names:
-                raise DatasetError(None, "at least one sample name", "an empty names list")
-        elif split_file.is_file():
-            self.names, listed_in = split_names(split_file), str(split_file)
-        else:
-            self.names, listed_in = folder_names(base / "rgb", (".png",)), str(base / "rgb")
+        listed_in = self.choose_names(names, split_file, base / "rgb", (".png",))
         if names is None and split != "test":
             self.names = carve_val(self.names, split, val_fraction, val_seed)
         folders = {"rgb": "rgb", "thermal": "thermal", "depth": "depth", "label": "labels"}

@@ -37,10 +37,8 @@ from rgbx_fusion.data.sets.paired import (
     bit_palette,
     carve_val,
     check_depth_pngs,
-    folder_names,
     read_depth,
     read_void_zero_label,
-    split_names,
 )
 from rgbx_fusion.errors import ConfigError, CorruptFileError, DatasetError, DepthFormatError
 
@@ -142,14 +140,7 @@ class SUNRGBD(PairedFiles):
         source = "test" if split == "test" else "train"
         base = self.root / source
         split_file = self.root / f"{source}.txt"
-        if names is not None:
-            self.names, listed_in = list(names), "the names argument"
-            if not self.names:
-                raise DatasetError(None, "at least one sample name", "an empty names list")
-        elif split_file.is_file():
-            self.names, listed_in = split_names(split_file), str(split_file)
-        else:
-            self.names, listed_in = folder_names(base / "rgb"), str(base / "rgb")
+        listed_in = self.choose_names(names, split_file, base / "rgb")
         if names is None and split != "test":
             self.names = carve_val(self.names, split, val_fraction, val_seed)
         roles = {

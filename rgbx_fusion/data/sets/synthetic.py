@@ -26,6 +26,7 @@ from rgbx_fusion.data.sets.synthetic_scene import (
     DEPTH_PALETTE,
     THERMAL_CLASSES,
     THERMAL_PALETTE,
+    Frame,
     render_frame,
     scaled_intrinsics,
 )
@@ -66,10 +67,8 @@ def frame_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _write_frame(job: tuple[Path, SyntheticSpec, int]) -> tuple[str, dict[str, Any]]:
-    root, spec, index = job
-    name = f"{index:05d}"
-    frame = render_frame(
+def _render(spec: SyntheticSpec, index: int) -> Frame:
+    return render_frame(
         frame_seed(spec.seed, index),
         spec.height,
         spec.width,
@@ -77,6 +76,12 @@ def _write_frame(job: tuple[Path, SyntheticSpec, int]) -> tuple[str, dict[str, A
         spec.misalign,
         spec.misalign_strength,
     )
+
+
+def _write_frame(job: tuple[Path, SyntheticSpec, int]) -> tuple[str, dict[str, Any]]:
+    root, spec, index = job
+    name = f"{index:05d}"
+    frame = _render(spec, index)
     aux_path = root / spec.modality / f"{name}.png"
     if spec.modality == "depth":
         write_atomic(aux_path, lambda p: encode_depth_png16(frame.aux, p))
@@ -126,13 +131,14 @@ def prepare_synthetic(
         for i in range(spec.total)
         if not all((root / d / f"{i:05d}.png").is_file() for d in ("rgb", spec.modality, "labels"))
     ]
-    metas: dict[str, Any] = {}
+    pending = set(todo)
     jobs = [(root, spec, i) for i in range(spec.total)]
-    done = [j for j in jobs if j[2] not in set(todo)]
-    metas.update(dict(_meta_only(j) for j in done) if spec.misalign != "none" else {})
-    pending = [j for j in jobs if j[2] in set(todo)]
-    results = _run_jobs(pending, workers, progress, f"rendering {spec.modality} frames")
-    metas.update(results)
+    metas: dict[str, Any] = {}
+    if spec.misalign != "none":  # frames kept from an interrupted run: recompute their meta
+        metas.update(_meta_only(j) for j in jobs if j[2] not in pending)
+    metas.update(
+        _run_jobs([j for j in jobs if j[2] in pending], workers, progress, "rendering frames")
+    )
     bounds = np.cumsum([0, spec.num_train, spec.num_val, spec.num_test])
     for split, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:], strict=True):
         names = "".join(f"{i:05d}\n" for i in range(int(lo), int(hi)))
@@ -146,14 +152,7 @@ def prepare_synthetic(
 def _meta_only(job: tuple[Path, SyntheticSpec, int]) -> tuple[str, dict[str, Any]]:
     """Recompute the metadata of an already written frame (cheap relative to I/O safety)."""
     _, spec, index = job
-    frame = render_frame(
-        frame_seed(spec.seed, index),
-        spec.height,
-        spec.width,
-        spec.modality,
-        spec.misalign,
-        spec.misalign_strength,
-    )
+    frame = _render(spec, index)
     return f"{index:05d}", {k: v for k, v in frame.meta.items() if k != "K"}
 
 
