@@ -193,14 +193,14 @@ class RGBXSegmenter(nn.Module):
             f_r = enc.rgb.to_nchw(x_r)
             f_a = enc.aux_proj[i](enc.aux.to_nchw(x_a))
             aligner, rectifier, fusion = self.aligners[i], self.rectifiers[i], self.fusions[i]
-            if not isinstance(aligner, _Absent):
+            if not isinstance(aligner, StageSkipped):
                 f_r, f_a = aligner(f_r, f_a)
-            if not isinstance(rectifier, _Absent):
+            if not isinstance(rectifier, StageSkipped):
                 f_r, f_a = rectifier(f_r, f_a)
-            f = f_r if isinstance(fusion, _Absent) else fusion(f_r, f_a)
+            f = f_r if isinstance(fusion, StageSkipped) else fusion(f_r, f_a)
             fused.append(f)
             if self.feedback and i + 1 < enc.rgb.num_stages:
-                next_r, next_a = (f, f) if isinstance(rectifier, _Absent) else (f_r, f_a)
+                next_r, next_a = (f, f) if isinstance(rectifier, StageSkipped) else (f_r, f_a)
                 x_r, x_a = enc.rgb.from_nchw(next_r), enc.aux.from_nchw(next_a)
         return fused
 
@@ -217,10 +217,10 @@ class RGBXSegmenter(nn.Module):
 
 def _make(factory: Callable[..., nn.Module] | None, *args: int) -> nn.Module:
     """Build one per-stage part; ``None`` becomes a placeholder the forward pass skips."""
-    return _Absent() if factory is None else factory(*args)
+    return StageSkipped() if factory is None else factory(*args)
 
 
-class _Absent(nn.Module):
+class StageSkipped(nn.Module):
     """Stands for "nothing at this stage" inside an ``nn.ModuleList``."""
 
     def forward(self, *args: Tensor) -> Tensor:  # pragma: no cover - never called
