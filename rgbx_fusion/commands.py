@@ -111,6 +111,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     prepare_synthetic(args.root, SyntheticSpec(modality="depth"), workers=args.workers)
+    console.print(f"synthetic RGB-D data ready in {args.root} ({time.perf_counter() - start:.0f} s)")
     results = []
     for name, cfg in (
         ("RGB-D mid fusion (add)", args.fusion_config),
