@@ -106,29 +106,44 @@ def run_experiment(config: str | Path, extra: Sequence[str] = ()) -> dict[str, A
     }
 
 
+def run_configs(
+    runs: Sequence[tuple[str, str]], extra: Sequence[str], out: Path | None
+) -> list[dict[str, Any]]:
+    """Train and test ``(name, config)`` pairs in turn; save the results after each run."""
+    results = []
+    for name, cfg in runs:
+        console.rule(f"training: {name} ({cfg})")
+        res = run_experiment(cfg, extra)
+        res["name"] = name
+        results.append(res)
+        if out is not None:  # after every run, so an interrupted sweep keeps what it did
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
+    return results
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from rgbx_fusion.data.sets.synthetic import SyntheticSpec, prepare_synthetic
 
     start = time.perf_counter()
     prepare_synthetic(args.root, SyntheticSpec(modality="depth"), workers=args.workers)
-    console.print(f"synthetic RGB-D data ready in {args.root} ({time.perf_counter() - start:.0f} s)")
-    results = []
-    for name, cfg in (
-        ("RGB-D mid fusion (add)", args.fusion_config),
-        ("RGB only", args.rgb_config),
-    ):
-        console.rule(f"training: {name} ({cfg})")
-        res = run_experiment(cfg, [f"--data.dataset.init_args.root={args.root}"])
-        res["name"] = name
-        results.append(res)
-    table = results_table(results, "test set (model chosen on val)")
-    console.print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     console.print(
-        f"total time {time.perf_counter() - start:.0f} s; results in {out / 'results.json'}"
+        f"synthetic RGB-D data ready in {args.root} ({time.perf_counter() - start:.0f} s)"
     )
+    out = Path(args.out) / "results.json"
+    runs = [("RGB-D mid fusion (add)", args.fusion_config), ("RGB only", args.rgb_config)]
+    results = run_configs(runs, [f"--data.dataset.init_args.root={args.root}"], out)
+    console.print(results_table(results, "test set (model chosen on val)"))
+    console.print(f"total time {time.perf_counter() - start:.0f} s; results in {out}")
+    return 0
+
+
+def _fit_test(args: argparse.Namespace) -> int:
+    extra = [f"--data.dataset.init_args.root={args.root}"] if args.root else []
+    runs = [(Path(cfg).stem, cfg) for cfg in args.config]
+    out = Path(args.out) if args.out else None
+    results = run_configs(runs, extra + list(args.override or []), out)
+    console.print(results_table(results, "test set (each model chosen on val)"))
     return 0
 
 
@@ -177,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart")
     quick.add_argument("--workers", type=int, default=2)
     quick.set_defaults(func=_quickstart)
+
+    fit_test = sub.add_parser(
+        "fit-test",
+        help="train each config, test its best-on-val checkpoint, print one table",
+    )
+    fit_test.add_argument("--config", action="append", required=True, help="repeat for several")
+    fit_test.add_argument("--root", default=None, help="override data.dataset.init_args.root")
+    fit_test.add_argument("--out", default=None, help="write the results as JSON here")
+    fit_test.add_argument(
+        "--override",
+        action="append",
+        help="extra CLI override, e.g. --override=--trainer.max_epochs=2",
+    )
+    fit_test.set_defaults(func=_fit_test)
 
     from rgbx_fusion.hha_command import add_hha_parser
 

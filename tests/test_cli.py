@@ -150,3 +150,41 @@ def test_list_and_prepare_commands(tmp_path: Path, capsys) -> None:
         )
     assert exc.value.code == 0
     assert (tmp_path / "s" / "dataset.json").is_file()
+
+
+def test_fit_test_trains_several_configs_into_one_table(
+    tiny_depth_root: Path, tmp_path: Path, capsys
+) -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    overrides = [
+        f"--override={o}"
+        for o in (
+            *_small_overrides(tiny_depth_root, tmp_path)[1:],
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+        )
+    ]
+    out = tmp_path / "results.json"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "fit-test",
+                "--config",
+                str(configs / "synthetic_mid_add.yaml"),
+                "--config",
+                str(configs / "synthetic_rgb_only.yaml"),
+                "--root",
+                str(tiny_depth_root),
+                "--out",
+                str(out),
+                *overrides,
+            ]
+        )
+    assert exc.value.code == 0
+    import json
+
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == ["synthetic_mid_add", "synthetic_rgb_only"]
+    for r in results:
+        assert 0.0 <= r["mIoU"] <= 1.0 and len(r["iou"]) == 8
+    assert "synthetic_rgb_only" in capsys.readouterr().out
