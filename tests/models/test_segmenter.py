@@ -84,3 +84,32 @@ def test_late_fusion_modes() -> None:
 def test_unknown_stage() -> None:
     with pytest.raises(ConfigError, match="fusion_stage"):
         RGBXSegmenter(3, 1, "middle")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs"),
+    [
+        ("convnext_atto", {}),
+        ("pvt_v2_b0", {}),
+        ("swin_tiny_patch4_window7_224", {"img_size": (64, 96), "window_size": 4}),
+        ("mobilenetv3_small_050", {}),
+    ],
+    ids=["convnext", "pvt_v2", "swin_nhwc", "mobilenetv3"],
+)
+def test_mid_fusion_with_feedback_on_other_backbone_families(backbone: str, kwargs: dict) -> None:
+    """Feedback writes fused NCHW maps back into each stream, NHWC models included."""
+    net = RGBXSegmenter(
+        3,
+        1,
+        "mid",
+        backbone=backbone,
+        backbone_kwargs=kwargs,
+        fusion=SEFusion,
+        rectify=FeatureRectify,
+        feedback=True,
+        decoder=partial(DECODERS["fpn"], channels=32),
+    )
+    out = net(torch.randn(2, 3, 64, 96), torch.randn(2, 1, 64, 96))
+    assert out.shape == (2, 3, 64, 96)
+    out.mean().backward()
+    assert net.rectifiers[0].channel_weights.mlp[0].weight.grad is not None
