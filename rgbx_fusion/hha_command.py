@@ -11,7 +11,6 @@ so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from rgbx_fusion.data.atomic import write_atomic
 from rgbx_fusion.data.depth import DEPTH_FORMATS, decode_depth
+from rgbx_fusion.data.sets.folder import read_json_object
 from rgbx_fusion.errors import ConfigError, DatasetError, MissingFileError
 
 #: (depth file, output file, depth format, K as nested lists, raw-depth file or None)
@@ -34,17 +34,6 @@ class HHAReport:
     written: int
     skipped: int
     out_dir: Path
-
-
-def _read_info(root: Path) -> dict[str, Any]:
-    path = root / "dataset.json"
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(path, "valid JSON", f"a parse error ({exc})") from exc
-    return info if isinstance(info, dict) else {}
 
 
 def _intrinsics(info: dict[str, Any], override: list[list[float]] | None) -> list[list[float]]:
@@ -114,7 +103,7 @@ def precompute_hha(
     from rich.progress import Progress
 
     root = Path(root)
-    info = _read_info(root)
+    info = read_json_object(root / "dataset.json")
     fmt = depth_format or info.get("depth_format")
     if fmt not in DEPTH_FORMATS:
         raise ConfigError(

@@ -51,6 +51,19 @@ def _index_folder(folder: Path, extensions: Sequence[str]) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in extensions}
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (``{}`` when the file does not exist)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(path, "valid JSON", f"a parse error ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(path, "a JSON object", type(data).__name__)
+    return data
+
+
 def read_split(path: Path) -> list[str]:
     """Read a split file: one name per line, blank lines and ``#`` comments ignored."""
     if not path.is_file():
@@ -129,8 +142,8 @@ class FolderRGBX(Dataset[Sample]):
         if modality not in MODALITIES:
             raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
         self.modality = modality
-        info = self._read_json(self.root / "dataset.json")
-        self.sample_meta: dict[str, Any] = self._read_json(self.root / "meta.json")
+        info = read_json_object(self.root / "dataset.json")
+        self.sample_meta: dict[str, Any] = read_json_object(self.root / "meta.json")
         names = classes if classes is not None else info.get("classes")
         if not names:
             raise DatasetError(
@@ -150,18 +163,6 @@ class FolderRGBX(Dataset[Sample]):
         self.aux_channels = 1
         self.names = read_split(self.root / "splits" / f"{split}.txt")
         self.files = self._resolve_files()
-
-    @staticmethod
-    def _read_json(path: Path) -> dict[str, Any]:
-        if not path.is_file():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(path, "valid JSON", f"a parse error ({exc})") from exc
-        if not isinstance(data, dict):
-            raise DatasetError(path, "a JSON object", type(data).__name__)
-        return data
 
     def _resolve_files(self) -> list[dict[str, Path]]:
         aux_ext: tuple[str, ...]
