@@ -114,22 +114,24 @@ def colorize_aux(
     return np.ascontiguousarray(out8)
 
 
-def gradient_magnitude(
+def edge_strength(
     image: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_] | None = None
 ) -> FloatArray:
-    """Sobel gradient magnitude of a single-channel image; 0 next to invalid pixels.
+    """Edge strength of a single-channel map: ``|Laplacian|`` after a 1-px Gaussian blur.
+
+    A second derivative rather than the gradient, so that smooth ramps (a floor receding from
+    a depth camera) do not light up, while steps and creases (object outlines) do. 0 next
+    to invalid pixels: missing-data borders are not scene edges.
 
     Shape:
         image: (H, W); valid: (H, W) -> (H, W)
     """
-    img = image.astype(np.float32)
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
-    mag = np.hypot(gx, gy)
-    if valid is not None:  # missing-data borders are not scene edges
-        kernel = np.ones((3, 3), np.uint8)
+    img = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.0)
+    mag = np.abs(cv2.Laplacian(img, cv2.CV_32F, ksize=3, borderType=cv2.BORDER_REPLICATE))
+    if valid is not None:
+        kernel = np.ones((5, 5), np.uint8)
         mag[cv2.erode(valid.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE) == 0] = 0
-    return mag
+    return np.asarray(mag, np.float32)
 
 
 def _luma(rgb: UInt8Image) -> FloatArray:
@@ -138,7 +140,7 @@ def _luma(rgb: UInt8Image) -> FloatArray:
 
 def _aux_edges(aux: npt.NDArray[np.floating]) -> FloatArray:
     valid = _valid(aux)
-    return np.max([gradient_magnitude(c, valid) for c in aux], axis=0)
+    return np.max([edge_strength(c, valid) for c in aux], axis=0)
 
 
 def _valid(aux: npt.NDArray[np.floating]) -> npt.NDArray[np.bool_]:

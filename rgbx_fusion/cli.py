@@ -22,7 +22,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from rgbx_fusion.data.datamodule import RGBXDataModule
 from rgbx_fusion.tasks.segmentation import SegmentationTask
 
-EXTRA_COMMANDS = ("prepare", "quickstart", "list", "hha", "fit-test", "benchmark")
+EXTRA_COMMANDS = ("prepare", "quickstart", "list", "hha", "fit-test", "benchmark", "compare")
 
 # Lightning falls back to its CSV logger without tensorboard; that is the intended default.
 warnings.filterwarnings("ignore", message=".*tensorboardX.*")

@@ -312,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="folder for benchmark.json / benchmark.csv")
     bench.set_defaults(func=_benchmark)
 
+    from rgbx_fusion.compare import add_compare_parser
     from rgbx_fusion.hha_command import add_hha_parser
+
+    add_compare_parser(sub)
 
     add_hha_parser(sub)
 
