@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import small_cli_args
 from PIL import Image
 
 from rgbx_fusion.alignment_report import (
@@ -133,25 +134,12 @@ def test_deformable_and_flow_displacements_are_in_x_y_order() -> None:
     assert free.last_displacement().shape == (3, 2, 6, 7)  # type: ignore[union-attr]
 
 
-def _small(root: Path, tmp_path: Path) -> list[str]:
-    return [
-        f"--data.dataset.init_args.root={root}",
-        "--data.num_workers=0",
-        "--data.batch_size=2",
-        "--data.train_size=[48, 64]",
-        "--data.eval_size=[48, 64]",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false",
-    ]
-
-
 def test_predict_dump_alignment_writes_images(tiny_depth_root: Path, tmp_path: Path) -> None:
     config = CONFIGS / "synthetic_misaligned_mid_add_aligned.yaml"
     args = [
         "--config",
         str(config),
-        *_small(tiny_depth_root, tmp_path),
+        *small_cli_args(tiny_depth_root, tmp_path),
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=1",
         "--trainer.limit_val_batches=1",

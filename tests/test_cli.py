@@ -8,25 +8,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import small_cli_args
 from PIL import Image
 
 from rgbx_fusion.cli import build_cli, main
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 TRAIN_CONFIGS = [c for c in CONFIGS if "compare" not in c.parts]
-
-
-def _small_overrides(root: Path, tmp_path: Path) -> list[str]:
-    return [
-        f"--data.dataset.init_args.root={root}",
-        "--data.num_workers=0",
-        "--data.batch_size=2",
-        "--data.train_size=[48, 64]",
-        "--data.eval_size=[48, 64]",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false",
-    ]
 
 
 def _synthetic_root(config: Path, depth: Path, thermal: Path) -> Path:
@@ -55,7 +43,7 @@ def test_every_config_runs_fast_dev_run(
         "--config",
         str(config),
         *extra,
-        *_small_overrides(root, tmp_path),
+        *small_cli_args(root, tmp_path),
         "--trainer.fast_dev_run=true",
     ]
     build_cli(args)
@@ -66,7 +54,7 @@ def _train_tiny(root: Path, tmp_path: Path) -> Path:
     args = [
         "--config",
         str(config),
-        *_small_overrides(root, tmp_path),
+        *small_cli_args(root, tmp_path),
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
         "--model.network.init_args.backbone=resnet18",
@@ -159,7 +147,7 @@ def test_fit_test_trains_several_configs_into_one_table(
     overrides = [
         f"--override={o}"
         for o in (
-            *_small_overrides(tiny_depth_root, tmp_path)[1:],
+            *small_cli_args(tiny_depth_root, tmp_path)[1:],
             "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=2",
         )
