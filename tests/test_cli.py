@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import small_cli_args
+from cli_overrides import small_cli_args
 from PIL import Image
 
 from rgbx_fusion.cli import build_cli, main
