@@ -31,6 +31,7 @@ def _prepare(args: argparse.Namespace) -> int:
         width=args.width,
         misalign=args.misalign,
         misalign_strength=args.misalign_strength,
+        misalign_per=args.misalign_per,
     )
     start = time.perf_counter()
     root = prepare_synthetic(args.root, spec, workers=args.workers)
@@ -147,91 +148,6 @@ def _fit_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmark(args: argparse.Namespace) -> int:
-    import csv
-
-    import torch
-
-    from rgbx_fusion.bench.benchmark import (
-        as_dicts,
-        measure,
-        network_builders,
-        network_init_args,
-        overhead,
-    )
-
-    device = torch.device(args.device)
-    builders = network_builders(network_init_args(args.config), args.num_classes, args.aux_channels)
-    rows = []
-    report: dict[str, Any] = {"config": args.config, "device": str(device), "overhead": []}
-    for size_text in args.resolutions.split(","):
-        size = parse_size(size_text)
-        for batch in (int(b) for b in args.batch.split(",")):
-            group = []
-            for variant, build in builders.items():
-                console.print(
-                    f"[dim]measuring {variant} at {size[0]}×{size[1]}, batch {batch}[/dim]"
-                )
-                group.append(
-                    measure(
-                        variant,
-                        build,
-                        size,
-                        batch,
-                        args.aux_channels,
-                        device,
-                        args.warmup,
-                        args.iters,
-                    )
-                )
-            rows.extend(group)
-            report["overhead"].append(
-                {"height": size[0], "width": size[1], "batch": batch, **overhead(group)}
-            )
-    report["rows"] = as_dicts(rows)
-    table = Table(title=f"benchmark: {args.config} on {device}")
-    for col in (
-        "variant",
-        "size",
-        "batch",
-        "params",
-        "GFLOPs",
-        "latency ms",
-        "train img/s",
-        "peak MB",
-    ):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for r in rows:
-        table.add_row(
-            r.variant,
-            f"{r.height}×{r.width}",
-            str(r.batch),
-            f"{r.params:,}",
-            f"{r.gflops:.2f}",
-            f"{r.latency_ms:.1f}",
-            f"{r.train_images_per_s:.2f}",
-            f"{r.peak_memory_mb:.0f}",
-        )
-    console.print(table)
-    for o in report["overhead"]:
-        if len(o) > 3:
-            console.print(
-                f"fusion + alignment overhead at {o['height']}×{o['width']} batch {o['batch']}: "
-                f"inference {o['latency']:+.1%}, training step {o['train_step']:+.1%}, "
-                f"params {o['params']:+.1%}, GFLOPs {o['gflops']:+.1%}"
-            )
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "benchmark.json").write_text(json.dumps(report, indent=2))
-        with (out / "benchmark.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(report["rows"][0]))
-            writer.writeheader()
-            writer.writerows(report["rows"])
-        console.print(f"saved {out / 'benchmark.json'} and {out / 'benchmark.csv'}")
-    return 0
-
-
 def results_table(results: Sequence[dict[str, Any]], title: str) -> Table:
     """mIoU and per-class IoU of several runs side by side."""
     table = Table(title=title)
@@ -268,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--width", type=int, default=320)
     syn.add_argument("--misalign", choices=("none", "affine", "homography"), default="none")
     syn.add_argument("--misalign-strength", type=float, default=1.0)
+    syn.add_argument(
+        "--misalign-per",
+        choices=("frame", "rig"),
+        default="frame",
+        help="draw the misregistration per frame, or once for the whole rig (a calibration error)",
+    )
     syn.add_argument("--workers", type=int, default=2)
     syn.set_defaults(func=_prepare)
     from rgbx_fusion.data.sets.prepare_nyudv2 import add_prepare_parsers
@@ -298,19 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_test.set_defaults(func=_fit_test)
 
-    bench = sub.add_parser(
-        "benchmark", help="parameters, GFLOPs, latency, training throughput, memory, overhead"
-    )
-    bench.add_argument("--config", required=True)
-    bench.add_argument("--resolutions", default="240x320", help="comma-separated HxW list")
-    bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
-    bench.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    bench.add_argument("--num-classes", type=int, default=40)
-    bench.add_argument("--aux-channels", type=int, default=1)
-    bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--iters", type=int, default=5)
-    bench.add_argument("--out", default=None, help="folder for benchmark.json / benchmark.csv")
-    bench.set_defaults(func=_benchmark)
+    from rgbx_fusion.bench.command import add_benchmark_parser
+
+    add_benchmark_parser(sub, "cuda" if _cuda() else "cpu")
 
     from rgbx_fusion.compare import add_compare_parser
     from rgbx_fusion.hha_command import add_hha_parser
@@ -318,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
 
     add_hha_parser(sub)
+
+    from rgbx_fusion.import_command import add_import_parser
+
+    add_import_parser(sub)
+
+    from rgbx_fusion.export_command import add_export_parser
+
+    add_export_parser(sub)
 
     lst = sub.add_parser("list", help="show the catalogues")
     lst.add_argument("what", choices=("fusions", "aligners", "decoders", "datasets"))

@@ -70,3 +70,51 @@ class OfflineWeightsError(RGBXError, RuntimeError):
 
 class CheckpointError(RGBXError, RuntimeError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+class WeightsMismatchError(CheckpointError):
+    """A weights file does not have exactly the keys and shapes of the model it is meant for.
+
+    Attributes:
+        missing: keys the model needs that the file lacks.
+        unexpected: keys of the file the model has no place for.
+        shapes: ``"key: expected (...), found (...)"`` for tensors of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        missing: list[str],
+        unexpected: list[str],
+        shapes: list[str] | None = None,
+        limit: int = 20,
+    ) -> None:
+        self.missing, self.unexpected, self.shapes = missing, unexpected, list(shapes or [])
+
+        def listing(title: str, items: list[str]) -> str:
+            if not items:
+                return ""
+            more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+            body = "\n".join(f"    {k}" for k in items[:limit])
+            return f"\n  {title} ({len(items)}):\n{body}{more}"
+
+        super().__init__(
+            f"{what} do not match the model; nothing was loaded."
+            + listing("missing keys", missing)
+            + listing("unexpected keys", unexpected)
+            + listing("wrong shapes", self.shapes)
+            + "\n  Check the variant (--variant / the backbone name) and that the file is "
+            "the one you meant."
+        )
+
+
+class ExportError(RGBXError, RuntimeError):
+    """A network part cannot be exported, or the exported graph disagrees with PyTorch."""
+
+
+class NonFiniteError(RGBXError, FloatingPointError):
+    """A training loss or gradient became NaN or infinite (``model.nonfinite: stop``)."""
+
+
+class DeviceMemoryError(RGBXError, RuntimeError):
+    """The accelerator ran out of memory; the message suggests smaller settings."""

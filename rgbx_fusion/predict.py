@@ -9,11 +9,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytorch_lightning as pl
+import torch
 from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from rgbx_fusion.data.atomic import write_atomic
+from rgbx_fusion.data.datamodule import RGBXDataModule
 from rgbx_fusion.data.transforms import Normalizer
+from rgbx_fusion.errors import CheckpointError
 
 
 def colorize(
@@ -78,3 +81,23 @@ class SegmentationWriter(BasePredictionWriter):
             blend = overlay(image, colorize(pred, self.palette))
             _save_rgb(blend, self.output_dir / "overlays" / f"{name}.png")
             self.written += 1
+
+
+def restore_normalization(datamodule: RGBXDataModule, ckpt_path: str | Path) -> None:
+    """Set the DataModule's aux normalisation from a checkpoint, before any image is read.
+
+    New images must be normalised with the statistics the model was trained with; the
+    DataModule would otherwise estimate them from the "training" split of the dataset it
+    was given, which for prediction is the folder of new, unlabelled images.
+    """
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    saved = state.get(type(datamodule).__qualname__)
+    if isinstance(saved, dict):
+        datamodule.load_state_dict(saved)
+    unlabelled = not getattr(datamodule.base_dataset(datamodule.predict_split), "has_labels", True)
+    if unlabelled and (datamodule.aux_mean is None or datamodule.aux_std is None):
+        raise CheckpointError(
+            f"{ckpt_path}: holds no aux normalisation ({type(datamodule).__qualname__} state), "
+            "and it cannot be estimated from unlabelled images; set data.aux_mean and "
+            "data.aux_std to the training values"
+        )

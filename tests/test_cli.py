@@ -37,6 +37,8 @@ def test_every_config_runs_fast_dev_run(
             "--model.network.init_args.pretrained=false",
             "--trainer.precision=32-true",
         ]
+        if "backbone_weights" in text["model"]["network"].get("init_args", {}):
+            extra.append("--model.network.init_args.backbone_weights=null")
     root = _synthetic_root(config, tiny_depth_root, tiny_thermal_root)
     args = [
         "fit",

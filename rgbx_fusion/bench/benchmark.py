@@ -9,18 +9,22 @@ Three networks are measured in the same run, on the same random inputs:
 * **backbones**: the bare dual encoder (both streams, no fusion, no decoder).
 
 ``overhead = model / plain − 1`` for time, parameters and FLOPs. Timings are
-medians over ``iters`` runs after ``warmup`` runs; memory is CUDA's peak
-allocation, or the process's peak resident memory on CPU (reset per measurement
-where Linux allows it).
+medians over ``iters`` runs after ``warmup`` runs, interleaved over the three
+networks (:func:`measure_group`) so that the ratios hold on a shared machine.
+Memory is the peak of one inference and the first training step (activations,
+gradients and AdamW state) above the weights and inputs: CUDA's peak allocation,
+or the peak of tensor storage on CPU (:mod:`rgbx_fusion.bench.memory`). On
+CUDA, :func:`largest_batch` finds the largest training batch that fits in
+memory (doubling, then bisection).
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ import yaml
 from torch import Tensor, nn
 
 from rgbx_fusion.bench.flops import count_flops, count_parameters
+from rgbx_fusion.bench.memory import peak_memory_mb
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.segmenter import RGBXSegmenter
 
@@ -48,7 +53,8 @@ class Measurement:
     gflops: float
     latency_ms: float
     train_images_per_s: float
-    peak_memory_mb: float  # above what was in use before the measurement
+    peak_memory_mb: float  # allocated above the weights and inputs
+    max_train_batch: int | None = None  # CUDA only, at the first resolution
 
 
 def _sync(device: torch.device) -> None:
@@ -56,50 +62,108 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak(device: torch.device) -> float:
-    """Reset the peak counter; return the memory in use now (MB), the baseline."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):  # writing 5 resets VmHWM (peak RSS) on Linux
-        Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_mb("VmRSS") or 0.0
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _proc_status_mb("VmHWM") or 0.0
-
-
-def _median_time(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _forward(net: nn.Module, rgb: Tensor, aux: Tensor) -> Tensor:
     out = net(rgb, aux)
     if isinstance(out, tuple):  # the bare dual encoder returns both pyramids
         return torch.stack([t.float().mean() for pyramid in out for t in pyramid]).sum()
     return out
+
+
+def _train_step(net: nn.Module, opt: torch.optim.Optimizer, rgb: Tensor, aux: Tensor) -> None:
+    out = _forward(net, rgb, aux)
+    loss = out.float().mean() if out.dim() == 0 else F.softmax(out, 1).amax(1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+#: ``wall``: elapsed time. ``cpu``: CPU time of this process (all its threads), which
+#: on a machine shared with other jobs leaves out the time they take the cores away.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timer(clock: str, device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """``timed(fn)``: seconds ``fn()`` takes on ``clock`` (see :data:`CLOCKS`)."""
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ConfigError("clock 'cpu' measures CPU work only; use 'wall' on an accelerator")
+    now = CLOCKS[clock]
+
+    def timed(fn: Callable[[], Any]) -> float:
+        start = now()
+        fn()
+        _sync(device)
+        return now() - start
+
+    return timed
+
+
+def measure_group(
+    builders: Mapping[str, Builder],
+    size: tuple[int, int],
+    batch: int,
+    aux_channels: int,
+    device: torch.device,
+    warmup: int = 2,
+    iters: int = 5,
+    clock: str = "wall",
+) -> list[Measurement]:
+    """Latency (eval, no grad), training throughput (fwd + bwd + AdamW step) and memory
+    of several networks on the same inputs.
+
+    Peak memory is taken first, one network at a time (one inference and the first
+    training step each, see :func:`~rgbx_fusion.bench.memory.peak_memory_mb`). The
+    timings are interleaved: every repeat runs one inference of each network, then
+    one training step of each, in reverse order on odd repeats, so that a change of
+    machine load during the run affects every network alike. Medians over ``iters``
+    repeats after ``warmup``, on ``clock`` (see :data:`CLOCKS`).
+    """
+    timed = timer(clock, device)
+    h, w = size
+    rgb = torch.randn(batch, 3, h, w, device=device)
+    aux = torch.randn(batch, aux_channels, h, w, device=device)
+    nets = {variant: build().to(device) for variant, build in builders.items()}
+    opts = {v: torch.optim.AdamW(net.parameters(), lr=1e-4) for v, net in nets.items()}
+    memory: dict[str, float] = {}
+    for v, net in nets.items():
+
+        def first_steps(net: nn.Module = net, opt: torch.optim.Optimizer = opts[v]) -> None:
+            with torch.no_grad():
+                _forward(net.eval(), rgb, aux)
+            _train_step(net.train(), opt, rgb, aux)
+
+        memory[v] = peak_memory_mb(first_steps, device)
+    latency: dict[str, list[float]] = {v: [] for v in nets}
+    step: dict[str, list[float]] = {v: [] for v in nets}
+    order = list(nets)
+    for repeat in range(warmup + iters):
+        variants = order if repeat % 2 == 0 else order[::-1]
+        for v in variants:
+            net = nets[v].eval()
+            with torch.no_grad():
+                t = timed(partial(_forward, net, rgb, aux))
+            if repeat >= warmup:
+                latency[v].append(t)
+        for v in variants:
+            net = nets[v].train()
+            t = timed(partial(_train_step, net, opts[v], rgb, aux))
+            if repeat >= warmup:
+                step[v].append(t)
+    return [
+        Measurement(
+            v,
+            h,
+            w,
+            batch,
+            count_parameters(net),
+            count_flops(net, rgb[:1], aux[:1]) / 1e9,
+            statistics.median(latency[v]) * 1e3,
+            batch / statistics.median(step[v]),
+            memory[v],
+        )
+        for v, net in nets.items()
+    ]
 
 
 def measure(
@@ -112,39 +176,62 @@ def measure(
     warmup: int = 2,
     iters: int = 5,
 ) -> Measurement:
-    """Latency (eval, no grad), training throughput (fwd + bwd + AdamW step) and memory."""
+    """:func:`measure_group` of one network."""
+    return measure_group({variant: build}, size, batch, aux_channels, device, warmup, iters)[0]
+
+
+def search_largest(fits: Callable[[int], bool], limit: int = 4096) -> int:
+    """Largest ``n`` in ``[1, limit]`` with ``fits(n)`` (assumed monotone), 0 if none.
+
+    Doubles from 1 until ``fits`` fails or ``limit`` is reached, then bisects
+    between the last success and the first failure.
+    """
+    good, bad, n = 0, limit + 1, 1
+    while n <= limit:
+        if not fits(n):
+            bad = n
+            break
+        good, n = n, 2 * n
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def largest_batch(
+    build: Builder,
+    size: tuple[int, int],
+    aux_channels: int,
+    device: torch.device,
+    limit: int = 4096,
+) -> int | None:
+    """Largest training batch (fwd + bwd + AdamW step) that fits on a CUDA device.
+
+    ``None`` on other devices (CPU memory is not a fixed budget). A batch fits when
+    two training steps run without :class:`torch.OutOfMemoryError`.
+    """
+    if device.type != "cuda":
+        return None
     h, w = size
-    net = build().to(device)
-    rgb = torch.randn(batch, 3, h, w, device=device)
-    aux = torch.randn(batch, aux_channels, h, w, device=device)
-    params = count_parameters(net)
-    gflops = count_flops(net, rgb[:1], aux[:1]) / 1e9
-    net.eval()
-    baseline = _reset_peak(device)
-    with torch.no_grad():
-        latency = _median_time(lambda: _forward(net, rgb, aux), device, warmup, iters)
-    net.train()
+    net = build().to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
-    def step() -> None:
-        out = _forward(net, rgb, aux)
-        loss = out.float().mean() if out.dim() == 0 else F.softmax(out, 1).amax(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def fits(batch: int) -> bool:
+        try:
+            rgb = torch.randn(batch, 3, h, w, device=device)
+            aux = torch.randn(batch, aux_channels, h, w, device=device)
+            for _ in range(2):
+                _train_step(net, opt, rgb, aux)
+            del rgb, aux
+            _sync(device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
 
-    step_time = _median_time(step, device, warmup, iters)
-    return Measurement(
-        variant,
-        h,
-        w,
-        batch,
-        params,
-        gflops,
-        latency * 1e3,
-        batch / step_time,
-        _peak_mb(device) - baseline,
-    )
+    return search_largest(fits, limit)
 
 
 def network_builders(
@@ -182,13 +269,19 @@ def network_builders(
 
 
 def network_init_args(config: str | Path) -> dict[str, Any]:
-    """``model.network.init_args`` of a training config (only RGBXSegmenter is supported)."""
+    """``model.network.init_args`` of a training config (only RGBXSegmenter is supported).
+
+    Backbone initialisations are switched off (``pretrained: false``, no ``backbone_weights``):
+    timing does not depend on the weights, and the benchmark runs offline.
+    """
     data = yaml.safe_load(Path(config).read_text())
     network = (data.get("model") or {}).get("network") or {}
     cls = network.get("class_path", "rgbx_fusion.models.segmenter.RGBXSegmenter")
     if not str(cls).endswith("RGBXSegmenter"):
         raise ConfigError(f"{config}: benchmark supports RGBXSegmenter networks, found {cls}")
-    return dict(network.get("init_args") or {})
+    from rgbx_fusion.inference import without_initial_weights
+
+    return without_initial_weights(network.get("init_args") or {})
 
 
 def overhead(rows: Sequence[Measurement]) -> dict[str, float]:

@@ -10,8 +10,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from rich.console import Console
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rgbx_fusion.data.resume import ResumableLoader
 from rgbx_fusion.data.sample import collate
 from rgbx_fusion.data.transforms import (
     IMAGENET_MEAN,
@@ -40,7 +41,10 @@ class TransformedDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):  # (index, seed) from a ResumableSampler
+            index, seed = index
+            self.transform.set_random_seed(seed)
         return self.normalizer(apply_transform(self.transform, self.base[index]))
 
 
@@ -102,6 +106,7 @@ class RGBXDataModule(pl.LightningDataModule):
         self.splits = {"fit": train_split, "val": val_split, "test": test_split}
         self.predict_split = predict_split
         self._datasets: dict[str, Dataset[Sample]] = {}
+        self.sampler_seed: int | None = None
 
     # ---- dataset facts (linked to the model by the CLI) -----------------------------
     def base_dataset(self, split: str) -> Dataset[Sample]:
@@ -165,9 +170,15 @@ class RGBXDataModule(pl.LightningDataModule):
         return Normalizer(self.rgb_mean, self.rgb_std, self.aux_mean, self.aux_std)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"aux_mean": self.aux_mean, "aux_std": self.aux_std}
+        return {
+            "aux_mean": self.aux_mean,
+            "aux_std": self.aux_std,
+            "sampler_seed": self.sampler_seed,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("sampler_seed") is not None:
+            self.sampler_seed = int(state_dict["sampler_seed"])
         if state_dict.get("aux_mean") is not None:
             self.aux_mean = tuple(state_dict["aux_mean"])
             self.aux_std = tuple(state_dict["aux_std"])
@@ -186,10 +197,12 @@ class RGBXDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader[dict[str, Any]]:
         workers = self.num_workers
+        dataset = self.dataset(stage)
         return DataLoader(
-            self.dataset(stage),
+            dataset,
             batch_size=self.batch_size if stage == "fit" else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=_unrepeated_sampler(dataset) if stage in ("val", "test") else None,
             drop_last=stage == "fit",
             num_workers=workers,
             pin_memory=self.pin_memory,
@@ -199,7 +212,21 @@ class RGBXDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader("fit", shuffle=True)
+        """Shuffled, augmented training batches in an order a resumed run reproduces
+        (see :mod:`rgbx_fusion.data.resume`), seeded from ``seed_everything``."""
+        if self.sampler_seed is None:
+            self.sampler_seed = torch.initial_seed() % 2**63
+        workers = self.num_workers
+        return ResumableLoader(
+            self.dataset("fit"),
+            batch_size=self.batch_size,
+            seed=self.sampler_seed,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and workers > 0,
+            collate_fn=collate,
+            worker_init_fn=_init_worker,
+        )
 
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("val", shuffle=False)
@@ -209,6 +236,24 @@ class RGBXDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("predict", shuffle=False)
+
+
+def _unrepeated_sampler(dataset: Dataset[Any]) -> Sampler[int] | None:
+    """Under DDP, a val/test sampler that gives every sample to exactly one process.
+
+    Lightning's default ``DistributedSampler`` pads a split with repeated samples until
+    every process has as many, and the repeats would count twice in the confusion matrix.
+    The metric sums its state over processes, so unequal shares are fine. ``None`` (keep
+    Lightning's choice) outside DDP, or with fewer samples than processes.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world = torch.distributed.get_world_size()
+    if world < 2 or len(dataset) < world:  # type: ignore[arg-type]
+        return None
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, shuffle=False)
 
 
 def _init_worker(worker_id: int) -> None:

@@ -27,6 +27,7 @@ class PluginWarning(UserWarning):
 def builtin_datasets() -> dict[str, type[Any]]:
     """Name → class of the readers shipped with rgbx-fusion."""
     from rgbx_fusion.data.sets.folder import FolderRGBX
+    from rgbx_fusion.data.sets.images import ImageFolderRGBX
     from rgbx_fusion.data.sets.mfnet import MFNet
     from rgbx_fusion.data.sets.nyudv2 import NYUDv2
     from rgbx_fusion.data.sets.pst900 import PST900
@@ -40,6 +41,7 @@ def builtin_datasets() -> dict[str, type[Any]]:
         "sunrgbd": SUNRGBD,
         "mfnet": MFNet,
         "pst900": PST900,
+        "images": ImageFolderRGBX,
     }
 
 

@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+import rgbx_fusion.models.weights  # noqa: F401  (registers mit_b0 … mit_b5 with timm)
 from rgbx_fusion.errors import ConfigError, OfflineWeightsError
 from rgbx_fusion.types import FeatureSpec
 

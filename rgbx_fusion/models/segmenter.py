@@ -29,6 +29,7 @@ from rgbx_fusion.models.encoders import DualEncoder, StagedBackbone
 from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase
 from rgbx_fusion.models.fusion.simple import AddFusion
 from rgbx_fusion.models.late import LateFusion, SegmentationBranch
+from rgbx_fusion.models.weights import weights_file_kwargs
 
 FusionFactory = Callable[[int], FusionBase]
 RectifyFactory = Callable[[int], RectifyBase]
@@ -72,6 +73,16 @@ class RGBXSegmenter(nn.Module):
         decoder: factory ``in_channels -> decoder`` (exposes ``out_channels``).
         late_fusion: ``mean`` | ``weighted`` (learned per-class weights) | ``conv`` (1×1).
         dropout: dropout before the classifier.
+        backbone_weights: local weights file for the backbone of both streams, e.g.
+            SegFormer's ``mit_b2.pth`` with ``backbone: mit_b2`` (converted by
+            :mod:`rgbx_fusion.models.weights`); implies ``pretrained``.
+        aux_head_channels: width of an auxiliary classifier on the aux stream alone (mid
+            fusion; 0 = none). During training it predicts the labels from the aligned aux
+            features of every stage, so the aligners get a gradient that only a correctly
+            placed aux can lower (the fused head can ignore a misplaced aux and lean on rgb).
+            Its logits are read with :meth:`auxiliary_logits`; the task weighs their loss
+            with ``aux_loss_weight``. It is skipped in eval mode and costs nothing at
+            inference.
 
     Shape:
         rgb: (B, 3, H, W); aux: (B, Ca, H, W) -> logits (B, num_classes, H, W)
@@ -96,6 +107,8 @@ class RGBXSegmenter(nn.Module):
         decoder: DecoderFactory = FPNDecoder,
         late_fusion: Literal["mean", "weighted", "conv"] = "mean",
         dropout: float = 0.1,
+        backbone_weights: str | None = None,
+        aux_head_channels: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -107,7 +120,19 @@ class RGBXSegmenter(nn.Module):
         self.aux_channels = aux_channels
         self.fusion_stage = fusion_stage
         self.feedback = feedback
+        self.aux_head: AuxStreamHead | None = None
+        self._aux_logits: list[Tensor] = []
+        if aux_head_channels < 0:
+            raise ConfigError(f"aux_head_channels must be ≥ 0, got {aux_head_channels}")
+        if aux_head_channels and fusion_stage != "mid":
+            raise ConfigError(
+                "aux_head_channels supervises the aux stream of mid fusion; got "
+                f"fusion_stage={fusion_stage!r} (set aux_head_channels: 0)"
+            )
         kwargs = dict(backbone_kwargs or {})
+        if backbone_weights is not None:
+            kwargs = weights_file_kwargs(backbone_weights, kwargs, backbone, aux_backbone)
+            pretrained = True
         self.input_align = input_align(3, aux_channels) if input_align is not None else None
         if fusion_stage != "mid" and (align is not None or rectify is not None or feedback):
             raise ConfigError(
@@ -139,6 +164,8 @@ class RGBXSegmenter(nn.Module):
                 )
             self.decoder = decoder(list(spec.channels))
             self.head = _head(self.decoder, num_classes, dropout)
+            if aux_head_channels:
+                self.aux_head = AuxStreamHead(spec.channels, aux_head_channels, num_classes)
         elif fusion_stage == "late":
             self.rgb_branch = SegmentationBranch(
                 StagedBackbone(backbone, 3, pretrained, out_indices, **kwargs),
@@ -187,6 +214,7 @@ class RGBXSegmenter(nn.Module):
         assert isinstance(enc, DualEncoder)
         x_r, x_a = rgb, enc.aux_stem(aux)
         fused: list[Tensor] = []
+        aux_maps: list[Tensor] = []
         for i in range(enc.rgb.num_stages):
             x_r = enc.rgb.forward_stage(i, x_r)
             x_a = enc.aux.forward_stage(i, x_a)
@@ -199,10 +227,23 @@ class RGBXSegmenter(nn.Module):
                 f_r, f_a = rectifier(f_r, f_a)
             f = f_r if isinstance(fusion, StageSkipped) else fusion(f_r, f_a)
             fused.append(f)
+            aux_maps.append(f_a)
             if self.feedback and i + 1 < enc.rgb.num_stages:
                 next_r, next_a = (f, f) if isinstance(rectifier, StageSkipped) else (f_r, f_a)
                 x_r, x_a = enc.rgb.from_nchw(next_r), enc.aux.from_nchw(next_a)
+        if self.aux_head is not None and self.training:
+            self._aux_logits = [self.aux_head(aux_maps)]
         return fused
+
+    def auxiliary_logits(self) -> dict[str, Tensor]:
+        """Logits of the auxiliary heads in the last training forward pass, by name.
+
+        Empty in eval mode and without ``aux_head_channels``; the logits are at the stride of
+        the first stage (the task upsamples them to the labels).
+        """
+        if not self.training or self.aux_head is None:
+            return {}
+        return {f"aux_head/{i}": logits for i, logits in enumerate(self._aux_logits)}
 
     def regularization(self) -> dict[str, Tensor]:
         """Regularisation losses exposed by the aligners in the last forward pass."""
@@ -215,9 +256,50 @@ class RGBXSegmenter(nn.Module):
         return losses
 
 
+class AuxStreamHead(nn.Module):
+    """Light classifier over the aux stream's stage maps (deep supervision of the aux stream).
+
+    Every map is projected to ``channels`` by a 1×1 conv, resized to the first map's size and
+    summed; BN, ReLU and a 1×1 classifier follow.
+
+    Shape:
+        maps: list of (B, C_i, H_i, W_i) -> (B, num_classes, H_0, W_0)
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.proj = nn.ModuleList(nn.Conv2d(c, channels, 1, bias=False) for c in in_channels)
+        self.classify = nn.Sequential(
+            nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, num_classes, 1)
+        )
+
+    def forward(self, maps: Sequence[Tensor]) -> Tensor:
+        size = maps[0].shape[-2:]
+        total = self.proj[0](maps[0])
+        for proj, x in zip(self.proj[1:], maps[1:], strict=True):
+            total = total + F.interpolate(proj(x), size=size, mode="bilinear", align_corners=False)
+        out: Tensor = self.classify(total)
+        return out
+
+
 def _make(factory: Callable[..., nn.Module] | None, *args: int) -> nn.Module:
-    """Build one per-stage part; ``None`` becomes a placeholder the forward pass skips."""
-    return StageSkipped() if factory is None else factory(*args)
+    """Build one per-stage part; ``None`` becomes a placeholder the forward pass skips.
+
+    Raises:
+        ConfigError: the part was built for another width than the stage's (a
+            ``channels`` fixed in its ``init_args``).
+    """
+    if factory is None:
+        return StageSkipped()
+    part = factory(*args)
+    width = getattr(part, "channels", None)
+    if isinstance(width, int) and args and width != args[0]:
+        raise ConfigError(
+            f"{type(part).__name__} has channels={width} but its encoder stage has "
+            f"{args[0]} channels; remove 'channels' from its init_args (the network passes "
+            "each stage's width)"
+        )
+    return part
 
 
 class StageSkipped(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -14,7 +14,15 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from rgbx_fusion.errors import ConfigError
+from rgbx_fusion.models.align.base import AlignBase
 from rgbx_fusion.models.segmenter import RGBXSegmenter
+from rgbx_fusion.models.tta import describe_mode, multiscale_probabilities, parse_scales
+from rgbx_fusion.tasks.guards import (
+    NonFiniteGuard,
+    check_checkpoint_fits,
+    checkpoint_metadata,
+    report_nonfinite,
+)
 from rgbx_fusion.tasks.metrics import SegmentationMetrics, iou_table
 
 #: Builds the network: ``network(num_classes, aux_channels)``. In configs this is a
@@ -41,6 +49,23 @@ class SegmentationTask(pl.LightningModule):
         warmup_fraction: share of the total steps spent warming up.
         poly_power: exponent of the poly decay.
         align_loss_weight: weight of the aligners' regularisation losses.
+        aux_loss_weight: weight of the cross-entropy of the network's auxiliary heads (see
+            ``RGBXSegmenter(aux_head_channels=...)``), their logits upsampled bilinearly to
+            the labels.
+        align_lr_scale: learning-rate multiplier of the aligners' parameters. A global
+            transform is a handful of numbers that each move by about ``lr`` per AdamW step,
+            so at the backbone's rate a shift of several pixels takes thousands of steps;
+            10 is a good start. Aligners' free transform parameters get no weight decay.
+        nonfinite: what a NaN/inf loss or gradient does: ``stop`` raises
+            :class:`~rgbx_fusion.errors.NonFiniteError` naming the batch's samples;
+            ``skip`` drops that batch's update with a warning; ``off`` does not look
+            (the check reads one value from the device per optimizer step). Clip
+            gradients with ``--trainer.gradient_clip_val``. Under ``16-mixed`` only the
+            loss is checked: the gradient scaler skips steps with inf gradients itself.
+        channels_last: convert the network's weights and every input batch to
+            ``channels_last`` memory (faster convolutions with bf16/fp16 on GPUs).
+        compile: ``torch.compile`` the network in place (``nn.Module.compile``; the
+            checkpoint keys stay the same). The first steps are slow while it compiles.
     """
 
     def __init__(
@@ -55,6 +80,11 @@ class SegmentationTask(pl.LightningModule):
         warmup_fraction: float = 0.05,
         poly_power: float = 0.9,
         align_loss_weight: float = 1.0,
+        aux_loss_weight: float = 0.4,
+        align_lr_scale: float = 1.0,
+        nonfinite: Literal["stop", "skip", "off"] = "stop",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under the CLI the hyper-parameters are the parsed config (plain data); a
@@ -66,12 +96,35 @@ class SegmentationTask(pl.LightningModule):
                 "link both from the data"
             )
         self.net = network(num_classes, aux_channels)
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
         self.metrics = nn.ModuleDict(
             {s: SegmentationMetrics(num_classes, ignore_index) for s in ("val", "test")}
         )
+        self.test_scales: tuple[float, ...] = (1.0,)
+        self.test_flip = False
+        self.nonfinite = nonfinite
+        self.run_config: str | None = None  # the CLI's resolved config, saved in checkpoints
+        self._guard = NonFiniteGuard()
+
+    def set_test_augmentation(self, scales: Sequence[float] = (1.0,), flip: bool = False) -> None:
+        """Evaluate ``test`` on these input scales (and mirror images); see
+        :func:`~rgbx_fusion.models.tta.multiscale_probabilities`. The CLI sets it from
+        ``--eval.scales 0.5,0.75,1,1.25,1.5 --eval.flip``.
+        """
+        self.test_scales = parse_scales(list(scales))
+        self.test_flip = bool(flip)
+
+    @property
+    def test_mode(self) -> str:
+        """``"single-scale"`` or e.g. ``"multi-scale 0.5,0.75,1,1.25,1.5 + flip"``."""
+        return describe_mode(self.test_scales, self.test_flip)
 
     @property
     def _hp(self) -> Any:
@@ -83,6 +136,9 @@ class SegmentationTask(pl.LightningModule):
         return metric
 
     def forward(self, rgb: Tensor, aux: Tensor) -> Tensor:
+        if self.channels_last:
+            rgb = rgb.contiguous(memory_format=torch.channels_last)
+            aux = aux.contiguous(memory_format=torch.channels_last)
         out: Tensor = self.net(rgb, aux)
         return out
 
@@ -95,12 +151,23 @@ class SegmentationTask(pl.LightningModule):
             for name, value in reg().items():
                 parts[name] = value
                 total = total + self._hp.align_loss_weight * value
+        heads = getattr(self.net, "auxiliary_logits", None)
+        if callable(heads):
+            for name, aux_logits in heads().items():
+                up = F.interpolate(
+                    aux_logits, size=mask.shape[-2:], mode="bilinear", align_corners=False
+                )
+                value = F.cross_entropy(up, mask, ignore_index=self.ignore_index)
+                parts[name] = value
+                total = total + self._hp.get("aux_loss_weight", 0.4) * value
         return total, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch["rgb"], batch["aux"])
         loss, parts = self._loss(logits, batch["mask"])
         bs = batch["rgb"].shape[0]
+        if self.nonfinite != "off":  # checked before the optimizer step, without a sync here
+            self._guard.add_loss(loss, batch.get("meta"))
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in parts.items():
             if name != "ce":
@@ -108,10 +175,22 @@ class SegmentationTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, split: str, batch: dict[str, Any]) -> None:
+        if split == "test" and (self.test_scales != (1.0,) or self.test_flip):
+            self._augmented_test_step(batch)
+            return
         logits = self(batch["rgb"], batch["aux"])
         loss, _ = self._loss(logits, batch["mask"])
         self.log(f"{split}/loss", loss, batch_size=batch["rgb"].shape[0], sync_dist=True)
         self.metric(split).update(logits.argmax(1), batch["mask"])
+
+    def _augmented_test_step(self, batch: dict[str, Any]) -> None:
+        probs = multiscale_probabilities(
+            self.net, batch["rgb"], batch["aux"], self.test_scales, self.test_flip
+        )
+        mask = batch["mask"]
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), mask, ignore_index=self.ignore_index)
+        self.log("test/loss", loss, batch_size=mask.shape[0], sync_dist=True)
+        self.metric("test").update(probs.argmax(1), mask)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -128,13 +207,17 @@ class SegmentationTask(pl.LightningModule):
         scores = metric.scores()
         self.log(f"{split}/mIoU", scores["mIoU"].float(), prog_bar=True)
         self.log(f"{split}/pixel_acc", scores["pixel_acc"].float())
+        if split == "test":  # which evaluation mode produced these numbers
+            self.log("test/eval_scales", float(len(self.test_scales)))
+            self.log("test/eval_flip", float(self.test_flip))
         for name, value in zip(self.class_names, scores["iou"].tolist(), strict=True):
             if not math.isnan(value):
                 self.log(f"{split}/iou/{name}", value)
         self.last_scores = {split: {k: v.detach().cpu() for k, v in scores.items()}}
         state = self.trainer.state.fn if self._trainer is not None else None
         if state in ("validate", "test") and self.trainer.is_global_zero:
-            Console().print(iou_table(f"{split} per-class IoU", self.class_names, scores))
+            mode = f" ({self.test_mode})" if split == "test" else ""
+            Console().print(iou_table(f"{split} per-class IoU{mode}", self.class_names, scores))
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -143,18 +226,49 @@ class SegmentationTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.nonfinite == "off":
+            return
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer else None
+        bad = self._guard.check(self, gradients=scaler is None)
+        if bad is not None:
+            report_nonfinite(self, bad[0], bad[1], self._guard.checked_meta)
+            optimizer.zero_grad(set_to_none=True)  # "skip": no parameter moves
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rgbx_fusion"] = checkpoint_metadata(self.class_names, self.run_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_fits(self, checkpoint)
+
     def configure_optimizers(self) -> Any:
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        aligner_params = {
+            id(p)
+            for module in self.net.modules()
+            if isinstance(module, AlignBase)
+            for p in module.parameters()
+        }
         for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+            if not p.requires_grad:
+                continue
+            aligner = id(p) in aligner_params
+            # Free transform parameters (an aligner's delta, flow or control-point grids) are
+            # not weights to shrink: decay would pull the transform back to the identity.
+            free = aligner and not name.endswith(".weight")
+            decays = not (p.ndim <= 1 or name.endswith(".bias") or free)
+            groups.setdefault((aligner, decays), []).append(p)
+        lr, scale = self._hp.lr, self._hp.get("align_lr_scale", 1.0)
         opt = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self._hp.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
+                {
+                    "params": params,
+                    "lr": lr * scale if aligner else lr,
+                    "weight_decay": self._hp.weight_decay if decays else 0.0,
+                }
+                for (aligner, decays), params in sorted(groups.items())
             ],
-            lr=self._hp.lr,
+            lr=lr,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self._hp.warmup_fraction * total)

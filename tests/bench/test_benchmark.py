@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rgbx_fusion.bench.benchmark import measure, network_builders, network_init_args, overhead
+from rgbx_fusion.bench.benchmark import (
+    largest_batch,
+    measure,
+    network_builders,
+    network_init_args,
+    overhead,
+    search_largest,
+)
 from rgbx_fusion.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -34,6 +41,8 @@ def test_measure_and_overhead() -> None:
     assert [r.variant for r in rows] == ["model", "plain", "backbones"]
     for r in rows:
         assert r.params > 0 and r.gflops > 0 and r.latency_ms > 0 and r.train_images_per_s > 0
+        # tensor memory of the first training step: at least the AdamW state (2 per weight)
+        assert r.peak_memory_mb * 2**20 >= 2 * 4 * r.params
     o = overhead(rows)
     assert o["params"] == pytest.approx(0.0) and o["gflops"] == pytest.approx(0.0)
 
@@ -62,4 +71,37 @@ def test_benchmark_command_writes_json_and_csv(tmp_path: Path) -> None:
     assert exc.value.code == 0
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert len(report["rows"]) == 3 and report["overhead"][0]["params"] > 0
+    assert report["max_train_batch"]["model"] is None  # CPU: no fixed memory budget
     assert (tmp_path / "benchmark.csv").read_text().startswith("variant,")
+
+
+@pytest.mark.parametrize(("fits_up_to", "limit"), [(0, 64), (1, 64), (37, 64), (64, 64), (100, 77)])
+def test_search_largest_finds_the_boundary(fits_up_to: int, limit: int) -> None:
+    tried: list[int] = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= fits_up_to
+
+    assert search_largest(fits, limit) == min(fits_up_to, limit)
+    assert len(tried) <= 2 * limit.bit_length() + 1
+
+
+def test_largest_batch_is_not_searched_on_cpu() -> None:
+    def build() -> torch.nn.Module:
+        raise AssertionError("no network is built on CPU")
+
+    assert largest_batch(build, (32, 32), 1, torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_largest_batch_on_cuda() -> None:
+    builders = network_builders({"backbone": "resnet10t"}, num_classes=3, aux_channels=1)
+    assert largest_batch(builders["model"], (32, 32), 1, torch.device("cuda"), limit=8) == 8
+
+
+def test_recipes_with_weight_files_build_offline() -> None:
+    args = network_init_args(CONFIGS / "nyudv2_cmx_b2.yaml")
+    assert args["pretrained"] is False and "backbone_weights" not in args
+    assert args["backbone"] == "mit_b2"

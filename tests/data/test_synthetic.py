@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from rgbx_fusion.data.sets.synthetic import SyntheticRGBX, SyntheticSpec, prepare_synthetic
 from rgbx_fusion.data.sets.synthetic_scene import DEPTH_CLASSES, render_frame
@@ -84,6 +86,25 @@ def test_misregistration_is_recorded(tmp_path: Path) -> None:
     m = np.asarray(ds[0]["meta"]["aux_from_rgb"])
     assert m.shape == (3, 3) and not np.allclose(m, np.eye(3))
     assert set(meta) == {f"{i:05d}" for i in range(5)}
+    per_frame = [np.asarray(v["aux_from_rgb"]) for v in meta.values()]
+    assert not np.allclose(per_frame[0], per_frame[1])
+
+
+def test_rig_misregistration_is_one_transform_for_every_frame(tmp_path: Path) -> None:
+    small = SyntheticSpec(num_train=3, num_val=1, num_test=1, height=48, width=64)
+    spec = dataclasses.replace(small, misalign="affine", misalign_per="rig")
+    root = prepare_synthetic(tmp_path / "rig", spec, workers=1, progress=False)
+    mats = [
+        np.asarray(v["aux_from_rgb"]) for v in json.loads((root / "meta.json").read_text()).values()
+    ]
+    assert len(mats) == 5 and not np.allclose(mats[0], np.eye(3))
+    assert all(np.array_equal(m, mats[0]) for m in mats)
+    # Same scene content as the registered frames: only the aux warp differs.
+    plain = prepare_synthetic(tmp_path / "plain", small, workers=1, progress=False)
+    rig_rgb = np.asarray(Image.open(root / "rgb" / "00000.png"))
+    assert np.array_equal(rig_rgb, np.asarray(Image.open(plain / "rgb" / "00000.png")))
+    with pytest.raises(ConfigError, match="misalign_per"):
+        SyntheticSpec(misalign_per="sometimes")
 
 
 def _object_features(n_frames: int = 120) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:

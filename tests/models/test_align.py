@@ -30,9 +30,11 @@ from rgbx_fusion.models.align.flow import flow_smoothness, pixel_grid, warp_by_f
 MINE = ("affine", "homography", "tps", "flow", "reproject")
 BUILDERS: dict[str, Callable[[int, int], AlignBase]] = {
     "affine": lambda c1, c2: AffineAlign(c1, c2),
+    "affine-deep-head": lambda c1, c2: AffineAlign(c1, c2, head_blocks=4),
     "homography": lambda c1, c2: HomographyAlign(c1, c2),
     "tps": lambda c1, c2: TPSAlign(c1, c2, grid_size=3, bending_weight=0.1),
     "flow": lambda c1, c2: FlowAlign(c1, c2, levels=3),
+    "flow-stride2": lambda c1, c2: FlowAlign(c1, c2, levels=2, finest_stride=2),
     "affine-free": lambda c1, c2: AffineAlign(c1, c2, mode="free"),
     "homography-free": lambda c1, c2: HomographyAlign(c1, c2, mode="free"),
     "tps-free": lambda c1, c2: TPSAlign(c1, c2, mode="free"),
@@ -181,6 +183,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
         AffineAlign(3, 1)(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 9))
     with pytest.raises(ConfigError, match="mode"):
         FlowAlign(3, 1, mode="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="power of two"):
+        FlowAlign(3, 1, finest_stride=3)
     with pytest.raises(ConfigError, match="1-channel depth"):
         DepthReprojection(3, 3)
     with pytest.raises(ConfigError, match="needs mode='free'"):

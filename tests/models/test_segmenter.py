@@ -113,3 +113,43 @@ def test_mid_fusion_with_feedback_on_other_backbone_families(backbone: str, kwar
     assert out.shape == (2, 3, 64, 96)
     out.mean().backward()
     assert net.rectifiers[0].channel_weights.mlp[0].weight.grad is not None
+
+
+def test_aux_head_supervises_the_aux_stream_in_training_only() -> None:
+    from rgbx_fusion.models.align import FlowAlign
+    from rgbx_fusion.tasks.segmentation import SegmentationTask
+
+    net = partial(
+        RGBXSegmenter,
+        backbone="resnet18",
+        aux_head_channels=16,
+        input_align=partial(FlowAlign, levels=2),
+    )
+    task = SegmentationTask(net, num_classes=3, aux_channels=1, aux_loss_weight=0.5)
+    rgb, aux = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 64, 64)
+    mask = torch.randint(0, 3, (2, 64, 64))
+    task.train()
+    logits = task(rgb, aux)
+    heads = task.net.auxiliary_logits()
+    assert list(heads) == ["aux_head/0"] and heads["aux_head/0"].shape == (2, 3, 16, 16)
+    total, parts = task._loss(logits, mask)
+    assert "aux_head/0" in parts
+    expected = (
+        parts["ce"]
+        + 0.5 * parts["aux_head/0"]
+        + sum(v for k, v in parts.items() if k.startswith("align/"))
+    )
+    assert torch.allclose(total, expected)
+    # The aux head's loss reaches the input aligner (its flow net starts at zero flow).
+    parts["aux_head/0"].backward()
+    flow_head = task.net.input_align.nets[-1][-1]
+    assert flow_head.weight.grad is not None and flow_head.weight.grad.abs().sum() > 0
+    task.eval()
+    task(rgb, aux)
+    assert task.net.auxiliary_logits() == {}
+    assert "aux_head/0" not in task._loss(logits, mask)[1]
+
+
+def test_aux_head_needs_mid_fusion() -> None:
+    with pytest.raises(ConfigError, match="aux_head_channels"):
+        RGBXSegmenter(3, fusion_stage="early", aux_head_channels=8)

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from rgbx_fusion.data.depth import DEPTH_FORMATS, decode_depth, read_image_array
 from rgbx_fusion.errors import (
     ConfigError,
+    CorruptFileError,
     DatasetError,
     LabelRangeError,
     MissingFileError,
@@ -56,9 +57,9 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(path, "valid JSON", f"a parse error ({exc})") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(path, "valid JSON (UTF-8)", f"a parse error ({exc})") from exc
     if not isinstance(data, dict):
         raise DatasetError(path, "a JSON object", type(data).__name__)
     return data
@@ -68,7 +69,11 @@ def read_split(path: Path) -> list[str]:
     """Read a split file: one name per line, blank lines and ``#`` comments ignored."""
     if not path.is_file():
         raise MissingFileError(path, "a split file", "no such file", "create it or fix data.root")
-    names = [ln.strip() for ln in path.read_text().splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(path, "a UTF-8 text file", f"undecodable bytes ({exc})") from exc
+    names = [ln.strip() for ln in text.splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise DatasetError(path, "at least one sample name", "an empty split")

@@ -27,6 +27,7 @@ from rgbx_fusion.data.sets.synthetic_scene import (
     THERMAL_CLASSES,
     THERMAL_PALETTE,
     Frame,
+    misalignment,
     render_frame,
     scaled_intrinsics,
 )
@@ -46,8 +47,11 @@ class SyntheticSpec:
     width: int = 320
     misalign: str = "none"
     misalign_strength: float = 1.0
+    misalign_per: str = "frame"
 
     def __post_init__(self) -> None:
+        if self.misalign_per not in ("frame", "rig"):
+            raise ConfigError(f"misalign_per must be 'frame' or 'rig', got {self.misalign_per!r}")
         if self.modality not in ("depth", "thermal"):
             raise ConfigError(f"modality must be 'depth' or 'thermal', got {self.modality!r}")
         if self.misalign not in ("none", "affine", "homography"):
@@ -67,6 +71,17 @@ def frame_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def rig_misalignment(spec: SyntheticSpec) -> np.ndarray | None:
+    """The one ``aux_from_rgb`` transform of a rig-wide misregistration (``None`` otherwise).
+
+    Drawn from the dataset seed, like a camera pair whose calibration is off by a fixed amount.
+    """
+    if spec.misalign == "none" or spec.misalign_per != "rig":
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x716]))
+    return misalignment(rng, spec.misalign_strength, spec.height, spec.width, spec.misalign)
+
+
 def _render(spec: SyntheticSpec, index: int) -> Frame:
     return render_frame(
         frame_seed(spec.seed, index),
@@ -75,6 +90,7 @@ def _render(spec: SyntheticSpec, index: int) -> Frame:
         spec.modality,
         spec.misalign,
         spec.misalign_strength,
+        rig_misalignment(spec),
     )
 
 
@@ -117,7 +133,7 @@ def prepare_synthetic(
         "K": scaled_intrinsics(spec.height, spec.width).tolist(),
         "generator": asdict(spec),
     }
-    if info_path.is_file() and json.loads(info_path.read_text()).get("generator") == asdict(spec):
+    if info_path.is_file() and _stored_spec(info_path) == asdict(spec):
         return root
     if info_path.is_file():
         raise ConfigError(
@@ -147,6 +163,12 @@ def prepare_synthetic(
         write_text_atomic(root / "meta.json", json.dumps(dict(sorted(metas.items()))))
     write_text_atomic(info_path, json.dumps(info, indent=2))  # last: marks completion
     return root
+
+
+def _stored_spec(info_path: Path) -> dict[str, Any]:
+    """The generator settings recorded in ``dataset.json``, with defaults for newer fields."""
+    stored = json.loads(info_path.read_text()).get("generator")
+    return {**asdict(SyntheticSpec()), **stored} if isinstance(stored, dict) else {}
 
 
 def _meta_only(job: tuple[Path, SyntheticSpec, int]) -> tuple[str, dict[str, Any]]:

@@ -295,8 +295,13 @@ def render_frame(
     modality: str = "depth",
     misalign: str = "none",
     misalign_strength: float = 1.0,
+    aux_from_rgb: np.ndarray | None = None,
 ) -> Frame:
-    """Render one deterministic frame from ``seed``."""
+    """Render one deterministic frame from ``seed``.
+
+    With ``misalign`` other than ``"none"`` the aux image is warped by ``aux_from_rgb`` (3×3,
+    pixels) when given (one rig-wide transform), else by a transform drawn for this frame.
+    """
     rng = np.random.default_rng(seed)
     night = modality == "thermal"
     rgb, depth, labels, k = render_room(rng, height, width)
@@ -312,7 +317,11 @@ def render_frame(
         aux = sensor_depth(rng, depth, observed.astype(np.float32))
     meta: dict[str, Any] = {"K": k.tolist()}
     if misalign != "none":
-        m = misalignment(rng, misalign_strength, height, width, misalign)
+        m = (
+            misalignment(rng, misalign_strength, height, width, misalign)
+            if aux_from_rgb is None
+            else np.asarray(aux_from_rgb, np.float64)
+        )
         warp = cv2.warpPerspective if misalign == "homography" else cv2.warpAffine
         mat = m if misalign == "homography" else m[:2]
         aux = warp(aux, mat, (width, height), flags=cv2.INTER_NEAREST, borderValue=0.0)

@@ -56,25 +56,30 @@ def matrix_to_pixels(matrix: Tensor, height: int, width: int) -> Tensor:
 
 
 class LocalisationHead(nn.Module):
-    """Conv → conv → global average pool → zero-initialised linear layer.
+    """``blocks`` × (stride-2 conv, GroupNorm, ReLU) → global average pool → zero-init linear.
+
+    Each block doubles the receptive field; the default two blocks see 7 px, so misregistrations
+    of more than a few pixels need more (four blocks see 31 px).
 
     Shape:
         x: (B, C, H, W) -> (B, out_features), all zeros at initialisation.
     """
 
-    def __init__(self, in_channels: int, out_features: int, hidden: int = 32) -> None:
+    def __init__(
+        self, in_channels: int, out_features: int, hidden: int = 32, blocks: int = 2
+    ) -> None:
         super().__init__()
+        if blocks < 1:
+            raise ConfigError(f"LocalisationHead: blocks must be ≥ 1, got {blocks}")
         groups = math.gcd(8, hidden)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1),
-            nn.GroupNorm(groups, hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1),
-            nn.GroupNorm(groups, hidden),
-            nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        layers: list[nn.Module] = []
+        for i in range(blocks):
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, stride=2, padding=1),
+                nn.GroupNorm(groups, hidden),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(hidden, out_features)
         nn.init.zeros_(self.fc.weight)  # delta = 0 at initialisation: the identity transform
         nn.init.zeros_(self.fc.bias)
@@ -94,6 +99,7 @@ class _MatrixAlign(AlignBase):
         aux_channels: int = 1,
         mode: Literal["head", "free"] = "head",
         hidden: int = 32,
+        head_blocks: int = 2,
     ) -> None:
         super().__init__()
         if mode not in ("head", "free"):
@@ -102,7 +108,9 @@ class _MatrixAlign(AlignBase):
         self.head: LocalisationHead | None = None
         self.delta: nn.Parameter | None = None
         if mode == "head":
-            self.head = LocalisationHead(rgb_channels + aux_channels, self.num_params, hidden)
+            self.head = LocalisationHead(
+                rgb_channels + aux_channels, self.num_params, hidden, head_blocks
+            )
         else:
             self.delta = nn.Parameter(torch.zeros(1, self.num_params))
         self._last_matrix: Tensor | None = None
@@ -163,6 +171,8 @@ class AffineAlign(_MatrixAlign):
         mode: ``"head"`` (per-sample transform from the inputs) or ``"free"`` (one learnable
             transform for every input; the head is not built and rgb is ignored).
         hidden: width of the localisation head.
+        head_blocks: stride-2 conv blocks of the localisation head (see
+            :class:`LocalisationHead`).
 
     Convention:
         ``A`` acts on normalised coordinates (:func:`normalised_grid`, the
@@ -204,6 +214,7 @@ class HomographyAlign(_MatrixAlign):
         aux_channels: channels of ``x_aux``.
         mode: ``"head"`` or ``"free"`` (see :class:`AffineAlign`).
         hidden: width of the localisation head.
+        head_blocks: stride-2 conv blocks of the localisation head.
 
     Convention:
         ``H`` acts on normalised coordinates (see :class:`AffineAlign`) and maps rgb

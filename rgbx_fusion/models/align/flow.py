@@ -142,8 +142,9 @@ class FlowAlign(AlignBase):
     """Dense per-pixel offsets predicted from ``concat(rgb, aux)``.
 
     ``mode="head"``: a small conv net per pyramid level predicts a residual flow; levels run
-    coarse to fine (level ``l`` works at ``1/2**l`` of the input size on inputs resampled with
-    area averaging); each level sees aux already warped by the upsampled coarser flow.
+    coarse to fine (level ``l`` works at ``1/(finest_stride * 2**l)`` of the input size on
+    inputs resampled with area averaging); each level sees aux already warped by the upsampled
+    coarser flow.
     ``mode="free"``: the flow is a learnable field independent of the inputs (for fitting one
     pair): ``levels`` parameter grids of size ``free_grid * 2**l``, upsampled bilinearly
     (corner nodes on the corner pixel centres, ``align_corners=True``) and summed. Free
@@ -160,6 +161,9 @@ class FlowAlign(AlignBase):
             (0 disables it).
         smoothness_order: 1 (total variation) or 2 (curvature).
         free_grid: coarsest ``(rows, cols)`` of the free parameter grid.
+        finest_stride: stride of the finest level in head mode (a power of two; 2 runs the
+            finest flow net at half resolution and upsamples its flow bilinearly, a quarter of
+            the cost for a field that is smooth anyway).
 
     Convention:
         Flow in pixels at the input resolution, channel 0 = x (right), 1 = y (down); the
@@ -182,8 +186,13 @@ class FlowAlign(AlignBase):
         smoothness_weight: float = 0.1,
         smoothness_order: int = 1,
         free_grid: tuple[int, int] = (8, 8),
+        finest_stride: int = 1,
     ) -> None:
         super().__init__()
+        if finest_stride < 1 or finest_stride & (finest_stride - 1):
+            raise ConfigError(
+                f"FlowAlign: finest_stride must be a power of two, got {finest_stride}"
+            )
         if mode not in ("head", "free"):
             raise ConfigError(f"FlowAlign: mode must be 'head' or 'free', got {mode!r}")
         if levels < 1:
@@ -194,6 +203,7 @@ class FlowAlign(AlignBase):
         self.levels = levels
         self.smoothness_weight = smoothness_weight
         self.smoothness_order = smoothness_order
+        self.finest_stride = finest_stride
         self.nets = nn.ModuleList()
         self.free = nn.ParameterList()
         if mode == "head":
@@ -218,9 +228,10 @@ class FlowAlign(AlignBase):
             return total * total.new_tensor([w / 2, h / 2]).view(1, 2, 1, 1)
         flow: Tensor | None = None
         for lvl in reversed(range(self.levels)):
-            size = (max(1, math.ceil(h / 2**lvl)), max(1, math.ceil(w / 2**lvl)))
-            rgb_l = x_rgb if lvl == 0 else F.interpolate(x_rgb, size=size, mode="area")
-            aux_l = x_aux if lvl == 0 else F.interpolate(x_aux, size=size, mode="area")
+            stride = self.finest_stride * 2**lvl
+            size = (max(1, math.ceil(h / stride)), max(1, math.ceil(w / stride)))
+            rgb_l = x_rgb if stride == 1 else F.interpolate(x_rgb, size=size, mode="area")
+            aux_l = x_aux if stride == 1 else F.interpolate(x_aux, size=size, mode="area")
             if flow is None:
                 warped, flow = aux_l, aux_l.new_zeros(aux_l.shape[0], 2, *size)
             else:
@@ -228,7 +239,7 @@ class FlowAlign(AlignBase):
                 warped = warp_by_flow(aux_l, flow)
             flow = flow + self.nets[lvl](torch.cat((rgb_l, warped), dim=1))
         assert flow is not None
-        return flow
+        return flow if flow.shape[-2:] == (h, w) else resize_flow(flow, (h, w))
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
         check_same_grid(self, x_rgb, x_aux)

@@ -50,8 +50,15 @@ class ChannelWeights(nn.Module):
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         # Pooling concat(x1, x2) is pooling each stream: the full 2C map is never built.
+        # Max pooling as in CMX: its backward scatters to the arg-max (amax's compares,
+        # counts and divides over the whole map).
         pooled = torch.cat(
-            [x1.mean(dim=(2, 3)), x2.mean(dim=(2, 3)), x1.amax(dim=(2, 3)), x2.amax(dim=(2, 3))],
+            [
+                x1.mean(dim=(2, 3)),
+                x2.mean(dim=(2, 3)),
+                F.adaptive_max_pool2d(x1, 1).flatten(1),
+                F.adaptive_max_pool2d(x2, 1).flatten(1),
+            ],
             dim=1,
         )
         w = self.mlp(pooled)[..., None, None]

@@ -72,11 +72,18 @@ class NonLocalFusion(FusionBase):
         kv = tokens
         if self.kv_pool > 1:
             kv = to_tokens(F.max_pool2d(joint, self.kv_pool, ceil_mode=True))
-        # One head: (B, N, d) -> (B, 1, N, d) views; SDPA allows V wider than Q and K.
-        q = project_tokens(self.query, tokens).unsqueeze(1)
-        k = project_tokens(self.key, kv).unsqueeze(1)
+        # One head: (B, N, d) -> (B, 1, N, d) views. Q and K are zero-padded to V's width:
+        # Q Kᵀ is unchanged, and with equal widths SDPA takes its fused kernel (memory
+        # linear in N) instead of the math fallback that builds the N × N matrix.
+        q = project_tokens(self.query, tokens)
+        k = project_tokens(self.key, kv)
         v = project_tokens(self.value, kv).unsqueeze(1)
-        context = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        d, pad = q.shape[-1], v.shape[-1] - q.shape[-1]
+        if pad > 0:
+            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+        scale = d**-0.5
+        context = F.scaled_dot_product_attention(q[:, None], k[:, None], v, scale=scale)
+        context = context.squeeze(1)
         return joint + self.gamma * to_map(context, size)
 
     def extra_repr(self) -> str:

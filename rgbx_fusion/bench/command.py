@@ -1,0 +1,285 @@
+"""``rgbx-fusion benchmark``: network costs, operator scaling and data-loading throughput.
+
+Three modes, each printed as a table and saved as JSON/CSV with ``--out``:
+
+* default (``--config``): the configured network vs plain add fusion vs the bare
+  backbones (:mod:`rgbx_fusion.bench.benchmark`), with the fusion + alignment
+  overhead and, on CUDA, the largest training batch that fits;
+* ``--scaling``: time and peak memory of every attention-type fusion operator
+  at three feature-map sizes, per pixel relative to the smallest
+  (:mod:`rgbx_fusion.bench.scaling`);
+* ``--data`` (with ``--config``): the config's loader throughput against its
+  training throughput (:mod:`rgbx_fusion.bench.data_rate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rgbx_fusion.bench.flops import parse_size
+from rgbx_fusion.errors import ConfigError
+
+console = Console(width=None if Console().is_terminal else 160)
+
+
+def _save(
+    out: str | None, name: str, report: dict[str, Any], rows: Sequence[dict[str, Any]]
+) -> None:
+    if not out:
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(report, indent=2))
+    if rows:
+        with (folder / f"{name}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    console.print(f"saved {folder / (name + '.json')} and {folder / (name + '.csv')}")
+
+
+def _load_text() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def run_networks(args: argparse.Namespace) -> None:
+    """The default mode: model vs plain vs backbones at every resolution and batch."""
+    import torch
+
+    from rgbx_fusion.bench.benchmark import (
+        as_dicts,
+        largest_batch,
+        measure_group,
+        network_builders,
+        network_init_args,
+        overhead,
+    )
+
+    device = torch.device(args.device)
+    builders = network_builders(network_init_args(args.config), args.num_classes, args.aux_channels)
+    rows = []
+    report: dict[str, Any] = {
+        "config": args.config,
+        "device": str(device),
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+        "overhead": [],
+    }
+    sizes = [parse_size(s) for s in args.resolutions.split(",")]
+    for size in sizes:
+        for batch in (int(b) for b in args.batch.split(",")):
+            console.print(
+                f"[dim]measuring {', '.join(builders)} at {size[0]}×{size[1]}, batch {batch}[/dim]"
+            )
+            group = measure_group(
+                builders,
+                size,
+                batch,
+                args.aux_channels,
+                device,
+                args.warmup,
+                args.iters,
+                args.clock,
+            )
+            rows.extend(group)
+            report["overhead"].append(
+                {"height": size[0], "width": size[1], "batch": batch, **overhead(group)}
+            )
+    largest: dict[str, int | None] = {}
+    for variant, build in builders.items():
+        if device.type == "cuda":
+            console.print(f"[dim]searching the largest training batch of {variant}[/dim]")
+        largest[variant] = largest_batch(build, sizes[0], args.aux_channels, device)
+        for r in rows:
+            if r.variant == variant and (r.height, r.width) == sizes[0]:
+                r.max_train_batch = largest[variant]
+    report["max_train_batch"] = {"height": sizes[0][0], "width": sizes[0][1], **largest}
+    report["load"] = _load_text()
+    report["rows"] = as_dicts(rows)
+    table = Table(title=f"benchmark: {args.config} on {device}")
+    for col in (
+        "variant",
+        "size",
+        "batch",
+        "params",
+        "GFLOPs",
+        "latency ms",
+        "train img/s",
+        "peak MB",
+        "max batch",
+    ):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        first = (r.height, r.width) == sizes[0]
+        table.add_row(
+            r.variant,
+            f"{r.height}×{r.width}",
+            str(r.batch),
+            f"{r.params:,}",
+            f"{r.gflops:.2f}",
+            f"{r.latency_ms:.1f}",
+            f"{r.train_images_per_s:.2f}",
+            f"{r.peak_memory_mb:.0f}",
+            ("n/a" if r.max_train_batch is None else str(r.max_train_batch)) if first else "",
+        )
+    console.print(table)
+    for o in report["overhead"]:
+        if len(o) > 3:
+            console.print(
+                f"fusion + alignment overhead at {o['height']}×{o['width']} batch {o['batch']}: "
+                f"inference {o['latency']:+.1%}, training step {o['train_step']:+.1%}, "
+                f"params {o['params']:+.1%}, GFLOPs {o['gflops']:+.1%}"
+            )
+    console.print(report["load"])
+    _save(args.out, "benchmark", report, report["rows"])
+
+
+def run_scaling(args: argparse.Namespace) -> None:
+    """``--scaling``: every attention-type operator alone at three map sizes."""
+    import torch
+
+    from rgbx_fusion.bench.scaling import attention_operators, measure_scaling, scaling_report
+
+    device = torch.device(args.device)
+    operators = attention_operators()
+    if args.operators:
+        names = args.operators.split(",")
+        unknown = [n for n in names if n not in operators]
+        if unknown:
+            raise ConfigError(
+                f"unknown or element-wise operators {unknown}; choose from {sorted(operators)}"
+            )
+        operators = {n: operators[n] for n in names}
+    stride = args.scaling_stride
+    images = [parse_size(s) for s in args.scaling_images.split(",")]
+    sizes = [(max(1, h // stride), max(1, w // stride)) for h, w in images]
+    rows = []
+    for name, factory in operators.items():
+        console.print(f"[dim]measuring {name} at {', '.join(f'{h}×{w}' for h, w in sizes)}[/dim]")
+        rows.extend(
+            measure_scaling(
+                name,
+                factory,
+                sizes,
+                args.scaling_channels,
+                args.scaling_batch,
+                device,
+                args.warmup,
+                args.iters,
+                args.clock,
+            )
+        )
+    table = Table(
+        title=f"operator scaling on {device}: C={args.scaling_channels}, "
+        f"batch {args.scaling_batch}, maps at 1/{stride} of {args.scaling_images}"
+    )
+    for col in ("operator", "map", "fwd ms", "train ms", "peak MB", "fwd/px ×", "train/px ×"):
+        table.add_column(col, justify="left" if col == "operator" else "right")
+    table.add_column("mem/px ×", justify="right")
+    for r in rows:
+        table.add_row(
+            r.operator,
+            f"{r.height}×{r.width}",
+            f"{r.forward_ms:.2f}",
+            f"{r.train_ms:.2f}",
+            f"{r.peak_memory_mb:.2f}",
+            f"{r.forward_per_pixel_ratio:.2f}",
+            f"{r.train_per_pixel_ratio:.2f}",
+            f"{r.memory_per_pixel_ratio:.2f}",
+        )
+    console.print(table)
+    console.print("ratios: cost per pixel relative to the smallest map (1 = linear growth)")
+    console.print(_load_text())
+    table_rows = scaling_report(rows)
+    report = {
+        "device": str(device),
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+        "load": _load_text(),
+        "rows": table_rows,
+    }
+    _save(args.out, "scaling", report, table_rows)
+
+
+def run_data(args: argparse.Namespace) -> None:
+    """``--data``: loader throughput vs training throughput of ``--config``."""
+    import torch
+
+    from rgbx_fusion.bench.data_rate import data_rate_report, measure_data_rate
+
+    overrides = [f"--data.dataset.init_args.root={args.root}"] if args.root else []
+    device = torch.device(args.device)
+    rate = measure_data_rate(
+        args.config, overrides, device, args.warmup, args.iters, args.data_batches
+    )
+    size = "×".join(map(str, rate.train_size)) if rate.train_size else "full images"
+    console.print(
+        f"data loading ({rate.num_workers} workers, batch {rate.batch_size}, {size}): "
+        f"{rate.loader_images_per_s:.1f} images/s; training on {device}: "
+        f"{rate.train_images_per_s:.1f} images/s; ratio {rate.ratio:.2f}×"
+    )
+    console.print(_load_text())
+    report = data_rate_report(rate)
+    _save(args.out, "data", report, [report])
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Run the modes the arguments ask for (see the module docstring)."""
+    if (args.data or not args.scaling) and not args.config:
+        raise ConfigError("benchmark: --config is required (except with --scaling alone)")
+    if args.scaling:
+        run_scaling(args)
+    if args.data:
+        run_data(args)
+    if not (args.scaling or args.data):
+        run_networks(args)
+    return 0
+
+
+def add_benchmark_parser(sub: Any, default_device: str) -> None:
+    """Register ``benchmark`` on the subcommand parsers of ``rgbx-fusion``."""
+    bench = sub.add_parser(
+        "benchmark", help="parameters, GFLOPs, latency, training throughput, memory, overhead"
+    )
+    bench.add_argument("--config", default=None, help="training config (YAML)")
+    bench.add_argument("--resolutions", default="240x320", help="comma-separated HxW list")
+    bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    bench.add_argument("--device", default=default_device)
+    bench.add_argument("--num-classes", type=int, default=40)
+    bench.add_argument("--aux-channels", type=int, default=1)
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--iters", type=int, default=5)
+    bench.add_argument("--out", default=None, help="folder for the JSON / CSV results")
+    bench.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (CPU only; steadier on a "
+        "machine shared with other jobs). --data always uses wall time",
+    )
+    scaling = bench.add_argument_group("operator scaling (--scaling)")
+    scaling.add_argument(
+        "--scaling", action="store_true", help="time and memory of attention fusions vs map size"
+    )
+    scaling.add_argument("--operators", default=None, help="comma-separated names (default: all)")
+    scaling.add_argument("--scaling-images", default="120x160,240x320,480x640")
+    scaling.add_argument("--scaling-stride", type=int, default=8, help="map = image / stride")
+    scaling.add_argument("--scaling-channels", type=int, default=64)
+    scaling.add_argument("--scaling-batch", type=int, default=2)
+    data = bench.add_argument_group("data-loading throughput (--data)")
+    data.add_argument(
+        "--data", action="store_true", help="loader images/s vs training images/s of --config"
+    )
+    data.add_argument("--root", default=None, help="override data.dataset.init_args.root")
+    data.add_argument("--data-batches", type=int, default=8, help="batches timed per repeat")
+    bench.set_defaults(func=run_benchmark)
