@@ -117,12 +117,17 @@ def measure_group(
     timings are interleaved: every repeat runs one inference of each network, then
     one training step of each, in reverse order on odd repeats, so that a change of
     machine load during the run affects every network alike. Medians over ``iters``
-    repeats after ``warmup``, on ``clock`` (see :data:`CLOCKS`).
+    repeats after ``warmup``, on ``clock`` (see :data:`CLOCKS`). Training uses at least
+    two samples (``max(batch, 2)``): BatchNorm after a global pooling cannot train on one.
     """
     timed = timer(clock, device)
     h, w = size
     rgb = torch.randn(batch, 3, h, w, device=device)
     aux = torch.randn(batch, aux_channels, h, w, device=device)
+    # Training needs two samples where BatchNorm follows a global pooling (iAFF, SE heads).
+    train_batch = max(batch, 2)
+    rgb_t = torch.randn(train_batch, 3, h, w, device=device)
+    aux_t = torch.randn(train_batch, aux_channels, h, w, device=device)
     nets = {variant: build().to(device) for variant, build in builders.items()}
     opts = {v: torch.optim.AdamW(net.parameters(), lr=1e-4) for v, net in nets.items()}
     memory: dict[str, float] = {}
@@ -131,7 +136,7 @@ def measure_group(
         def first_steps(net: nn.Module = net, opt: torch.optim.Optimizer = opts[v]) -> None:
             with torch.no_grad():
                 _forward(net.eval(), rgb, aux)
-            _train_step(net.train(), opt, rgb, aux)
+            _train_step(net.train(), opt, rgb_t, aux_t)
 
         memory[v] = peak_memory_mb(first_steps, device)
     latency: dict[str, list[float]] = {v: [] for v in nets}
@@ -147,7 +152,7 @@ def measure_group(
                 latency[v].append(t)
         for v in variants:
             net = nets[v].train()
-            t = timed(partial(_train_step, net, opts[v], rgb, aux))
+            t = timed(partial(_train_step, net, opts[v], rgb_t, aux_t))
             if repeat >= warmup:
                 step[v].append(t)
     return [
@@ -159,7 +164,7 @@ def measure_group(
             count_parameters(net),
             count_flops(net, rgb[:1], aux[:1]) / 1e9,
             statistics.median(latency[v]) * 1e3,
-            batch / statistics.median(step[v]),
+            train_batch / statistics.median(step[v]),
             memory[v],
         )
         for v, net in nets.items()

@@ -4,15 +4,20 @@ The perturbations act on normalised batches inside the evaluation loop (nothing 
 written to disk):
 
 * ``aux_shift_px``: aux moved right by s pixels (misregistration), vacated pixels = 0;
+* ``aux_rotation_deg``: aux rotated by that many degrees about the image centre
+  (misregistration of a rolled camera), pixels from outside the frame = 0;
 * ``aux_noise_std``: Gaussian noise of this std added to aux (in normalised units);
 * ``aux_holes_fraction``: that share of the cells of an 8×8 grid of aux set to 0
   (1.0 = aux missing altogether);
-* ``rgb_dark_factor``: RGB intensities (in [0, 1]) multiplied by the factor.
+* ``rgb_dark_factor``: RGB intensities (in [0, 1]) multiplied by the factor;
+* ``rgb_noise_std``: Gaussian noise of this std added to RGB intensities (in [0, 1]),
+  the result kept in [0, 1] like a sensor's output.
 
 Convention:
     0 is the "missing" value of normalised aux (see ``Normalizer``), so shifts and holes
     write 0. Level 0 (1.0 for darkness) is the clean input. Noise and holes are drawn
     from a generator seeded per batch, so every variant sees the same perturbations.
+    The clean input is evaluated once and shared by every curve.
 """
 
 from __future__ import annotations
@@ -31,11 +36,19 @@ from torch import Tensor
 from rgbx_fusion.data.atomic import write_text_atomic
 
 PERTURBATIONS: dict[str, tuple[float, ...]] = {
-    "aux_shift_px": (0, 2, 4, 8, 16),
-    "aux_noise_std": (0.0, 0.25, 0.5, 1.0),
-    "aux_holes_fraction": (0.0, 0.25, 0.5, 1.0),
-    "rgb_dark_factor": (1.0, 0.5, 0.25, 0.1),
+    "aux_shift_px": (0, 4, 8, 16),
+    "aux_rotation_deg": (0.0, 2.5, 5.0),
+    "aux_noise_std": (0.0, 0.5, 1.0),
+    "aux_holes_fraction": (0.0, 0.5, 1.0),
+    "rgb_dark_factor": (1.0, 0.3, 0.1),
+    "rgb_noise_std": (0.0, 0.1, 0.2),
 }
+CLEAN: dict[str, float] = {"rgb_dark_factor": 1.0}  # the level that leaves the input as is (else 0)
+
+
+def is_clean(kind: str, level: float) -> bool:
+    """Whether ``level`` of perturbation ``kind`` leaves the input unchanged."""
+    return float(level) == CLEAN.get(kind, 0.0)
 
 
 def shift_aux(aux: Tensor, pixels: int) -> Tensor:
@@ -55,6 +68,20 @@ def shift_aux(aux: Tensor, pixels: int) -> Tensor:
     else:
         out[..., :s] = aux[..., -s:]
     return out
+
+
+def rotate_aux(aux: Tensor, degrees: float) -> Tensor:
+    """Rotate aux counter-clockwise by ``degrees`` about the image centre (bilinear, 0 outside).
+
+    Shape:
+        aux: (B, C, H, W) -> (B, C, H, W)
+    """
+    if float(degrees) == 0.0:
+        return aux
+    from kornia.geometry.transform import rotate
+
+    angle = torch.full((aux.shape[0],), float(degrees), dtype=aux.dtype, device=aux.device)
+    return rotate(aux, angle, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def holes(aux: Tensor, fraction: float, generator: torch.Generator, cells: int = 8) -> Tensor:
@@ -81,15 +108,22 @@ def perturb(
     rgb, aux = batch["rgb"], batch["aux"]
     if kind == "aux_shift_px":
         return rgb, shift_aux(aux, int(level))
+    if kind == "aux_rotation_deg":
+        return rgb, rotate_aux(aux, float(level))
     if kind == "aux_noise_std":
         noise = torch.randn(aux.shape, generator=generator).to(aux)
         return rgb, aux + float(level) * noise
     if kind == "aux_holes_fraction":
         return rgb, holes(aux, float(level), generator)
-    if kind == "rgb_dark_factor":
+    if kind in ("rgb_dark_factor", "rgb_noise_std"):
         mean, std = rgb_mean.to(rgb).view(1, -1, 1, 1), rgb_std.to(rgb).view(1, -1, 1, 1)
-        dark = (rgb * std + mean) * float(level)
-        return (dark - mean) / std, aux
+        raw = rgb * std + mean  # intensities in [0, 1]
+        if kind == "rgb_dark_factor":
+            raw = raw * float(level)
+        elif float(level) > 0:
+            noise = torch.randn(rgb.shape, generator=generator).to(rgb)
+            raw = (raw + float(level) * noise).clamp(0.0, 1.0)
+        return (raw - mean) / std, aux
     raise ValueError(f"unknown perturbation {kind!r}; expected one of {sorted(PERTURBATIONS)}")
 
 
@@ -119,17 +153,26 @@ def evaluate_checkpoint(
     rgb_mean = torch.tensor(dm.rgb_mean, dtype=torch.float32)
     rgb_std = torch.tensor(dm.rgb_std, dtype=torch.float32)
     loader = dm.test_dataloader()
+
+    def score(kind: str, level: float) -> float:
+        metric.reset()
+        for i, batch in enumerate(loader):
+            gen = torch.Generator().manual_seed(i)
+            rgb, aux = perturb(batch, kind, level, rgb_mean, rgb_std, gen)
+            logits = model(rgb.to(device), aux.to(device))
+            metric.update(logits.argmax(1), batch["mask"].to(device))
+        return float(metric.scores()["mIoU"])
+
+    clean: float | None = None
     curves: dict[str, list[float]] = {}
     for kind, levels in perturbations.items():
         curves[kind] = []
         for level in levels:
-            metric.reset()
-            for i, batch in enumerate(loader):
-                gen = torch.Generator().manual_seed(i)
-                rgb, aux = perturb(batch, kind, level, rgb_mean, rgb_std, gen)
-                logits = model(rgb.to(device), aux.to(device))
-                metric.update(logits.argmax(1), batch["mask"].to(device))
-            curves[kind].append(float(metric.scores()["mIoU"]))
+            if is_clean(kind, level):
+                clean = score(kind, level) if clean is None else clean
+                curves[kind].append(clean)
+            else:
+                curves[kind].append(score(kind, level))
     return curves
 
 

@@ -74,7 +74,8 @@ def _input_size(dm: Any) -> tuple[int, int]:
 
 
 def _costs(net: nn.Module, dm: Any, name: str, speed: bool) -> dict[str, float]:
-    """Params and GFLOPs at the training resolution; latency / peak memory at batch 1."""
+    """Params and GFLOPs at the training resolution; latency at batch 1, peak memory of
+    one inference at batch 1 and one training step at batch 2."""
     h, w = _input_size(dm)
     device = next(net.parameters()).device
     aux_channels = int(dm.aux_channels)

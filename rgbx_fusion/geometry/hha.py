@@ -31,6 +31,7 @@ Convention:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -77,6 +78,58 @@ def _ray_coords(K: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def _fit_inputs(depth: Tensor, missing: Tensor | None) -> Tensor:
+    """Mask of the pixels used in the fits and their ``1 / Z_cm`` (0 elsewhere), stacked.
+
+    Shape:
+        depth: (B, H, W) -> (B, 2, H, W)
+    """
+    valid = depth > 0
+    if missing is not None:
+        valid = valid & ~missing.to(device=depth.device, dtype=torch.bool).expand_as(depth)
+    inv_z = torch.where(valid, 1.0 / (100.0 * depth.clamp_min(1e-12)), depth.new_zeros(()))
+    return torch.stack((valid.to(depth.dtype), inv_z), 1)
+
+
+def _window_moments(inputs: Tensor, radius: int) -> tuple[Tensor, ...]:
+    """Window moments ``Σdx², Σdxdy, Σdx, Σdy², Σdy, Σ1`` (mask) and ``Σdx/Z, Σdy/Z, Σ1/Z``.
+
+    Offsets ``dx, dy`` are relative to the window centre; outside the image counts as 0.
+    Two dense convolutions (columns: 2 → 5 channels, rows: 5 → 9), which run several times
+    faster on CPU than the equivalent per-channel (depthwise) filters.
+
+    Shape:
+        inputs: (B, 2, H, W) -> 9 × (B, H, W)
+    """
+    col, row = _moment_kernels(radius, inputs.dtype, inputs.device)
+    cols = F.conv2d(inputs, col, padding=(radius, 0))
+    return F.conv2d(cols, row, padding=(0, radius)).unbind(1)
+
+
+@functools.lru_cache(maxsize=16)
+def _moment_kernels(radius: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Weights of :func:`_window_moments`: columns ``(5, 2, k, 1)``, rows ``(9, 5, 1, k)``."""
+    d = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    one, zero = torch.ones_like(d), torch.zeros_like(d)
+    # columns: (Σ m, Σ dy m, Σ dy² m) from the mask, (Σ 1/Z, Σ dy/Z) from 1/Z
+    col = torch.stack(
+        (
+            torch.stack((one, zero)),
+            torch.stack((d, zero)),
+            torch.stack((d * d, zero)),
+            torch.stack((zero, one)),
+            torch.stack((zero, d)),
+        )
+    )
+    # rows, from the column sums (m0, m1, m2, z0, z1) to the moments in return order:
+    # sxx, sxy, sx, syy, sy, s1, gx, gy, g1 as (input channel, row kernel)
+    taps = ((0, d * d), (1, d), (0, d), (2, one), (1, one), (0, one), (3, d), (4, one), (3, one))
+    row = torch.zeros(len(taps), 5, 2 * radius + 1, device=device, dtype=dtype)
+    for i, (channel, kernel) in enumerate(taps):
+        row[i, channel] = kernel
+    return col[..., None], row[:, :, None]
+
+
 def square_support_normals(
     depth_m: Tensor,
     K: Tensor,
@@ -106,23 +159,14 @@ def square_support_normals(
         depth_m: (B, H, W) or (H, W); K: (3, 3) or (B, 3, 3) -> (B, 3, H, W)
     """
     depth, K = _as_batch(depth_m, K, dtype)
+    return _normals(depth, K, radius, _fit_inputs(depth, missing))
+
+
+def _normals(depth: Tensor, K: Tensor, radius: int, inputs: Tensor) -> Tensor:
+    """:func:`square_support_normals` from batched inputs and :func:`_fit_inputs`."""
     h, w = depth.shape[1:]
-    valid = depth > 0
-    if missing is not None:
-        valid = valid & ~missing.to(device=depth.device, dtype=torch.bool).expand_as(depth)
-    m = valid.to(dtype)
-    inv_z = torch.where(valid, 1.0 / (100.0 * depth.clamp_min(1e-12)), depth.new_zeros(()))
-    d = torch.arange(-radius, radius + 1, device=depth.device, dtype=dtype)
-    one = torch.ones_like(d)
-    # Separable window moments: rows pass [1, dx, dx²] on the mask, [1, dx] on 1/Z ...
-    row_k = torch.stack((one, d, d * d, one, d)).view(5, 1, 1, -1)
-    hm = F.conv2d(torch.stack((m, m, m, inv_z, inv_z), 1), row_k, padding=(0, radius), groups=5)
-    # ... then columns: Σdx², Σdxdy, Σdx, Σdy², Σdy, Σ1 (mask) and Σdx/Z, Σdy/Z, Σ1/Z.
-    col_k = torch.stack((one, d, one, d * d, d, one, one, d, one)).view(9, 1, -1, 1)
-    pick = hm[:, [2, 1, 1, 0, 0, 0, 4, 3, 3]]
-    sxx, sxy, sx, syy, sy, s1, gx, gy, g1 = F.conv2d(
-        pick, col_k, padding=(radius, 0), groups=9
-    ).unbind(1)
+    dtype = depth.dtype
+    sxx, sxy, sx, syy, sy, s1, gx, gy, g1 = _window_moments(inputs, radius)
     # adj(G) g with G = [[sxx, sxy, sx], [sxy, syy, sy], [sx, sy, s1]] (symmetric adjugate).
     a11, a22, a33 = syy * s1 - sy * sy, sxx * s1 - sx * sx, sxx * syy - sxy * sxy
     a12, a13, a23 = sx * sy - sxy * s1, sxy * sy - sx * syy, sxy * sx - sxx * sy
@@ -154,7 +198,8 @@ def estimate_gravity(
     Starting from image-down ``(0, 1, 0)``, for each threshold ``t`` and its iteration count:
     floor normals ``|n·y| > cos t``, wall normals ``|n·y| < sin t``; the new ``y`` is the
     eigenvector of the smallest eigenvalue of ``Σ_wall n nᵀ − Σ_floor n nᵀ``, signed to agree
-    with the previous ``y``. The 3×3 sums are accumulated in float64.
+    with the previous ``y``. The 3×3 sums are accumulated in float64, ``|n·y|`` is taken in
+    the normals' dtype.
 
     Args:
         normals: unit normals; zero vectors (no normal) are ignored.
@@ -168,18 +213,28 @@ def estimate_gravity(
         normals: (B, 3, H, W) -> (B, 3)
     """
     b = normals.shape[0]
-    nn_ = normals.flatten(2).to(torch.float64)  # (B, 3, HW)
-    nx, ny, nz = nn_.unbind(1)
-    # The six distinct entries of n nᵀ, once; each iteration is then two mat-vec products.
-    outer = torch.stack((nx * nx, nx * ny, nx * nz, ny * ny, ny * nz, nz * nz), dim=2)
-    y = nn_.new_tensor([0.0, 1.0, 0.0]).expand(b, 3)
+    flat = normals.flatten(2)  # (B, 3, HW)
+    flat64 = flat.to(torch.float64)
+    y = flat64.new_tensor([0.0, 1.0, 0.0]).expand(b, 3)
+    # The first iteration sums over every pixel; later ones only add what changed class (few
+    # pixels once the estimate settles). Zero normals count as wall and add nothing.
+    a: Tensor | None = None
+    weight: Tensor | None = None
     for angle, count in zip(angles_deg, iterations, strict=True):
         cos_t, sin_t = math.cos(math.radians(angle)), math.sin(math.radians(angle))
         for _ in range(count):
-            sim = torch.bmm(y[:, None, :], nn_).abs()  # (B, 1, HW); zero normals → wall
-            weight = (sim < sin_t).to(nn_) - (sim > cos_t).to(nn_)
-            a = torch.bmm(weight, outer)[:, 0]  # (B, 6); zero normals add nothing
-            a = a[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].view(b, 3, 3)
+            sim = torch.bmm(y.to(flat.dtype)[:, None, :], flat)[:, 0].abs()  # (B, HW)
+            new = (sim < sin_t).to(torch.int8) - (sim > cos_t).to(torch.int8)
+            if a is None or weight is None:
+                a = torch.bmm(flat64 * new[:, None], flat64.transpose(1, 2))  # Σ w n nᵀ
+            else:
+                delta = new - weight
+                for i in range(b):
+                    idx = delta[i].nonzero()[:, 0]
+                    if idx.numel():
+                        part = flat64[i][:, idx]
+                        a[i] += (part * delta[i, idx]) @ part.T
+            weight = new
             new_y = torch.linalg.eigh(a)[1][:, :, 0]
             agree = (new_y * y).sum(-1, keepdim=True)
             y = new_y * torch.where(agree < 0, -1.0, 1.0).to(new_y)
@@ -240,10 +295,9 @@ def depth_to_hha(
         -> (B, 3, H, W) uint8
     """
     depth, K = _as_batch(depth_m, K, dtype)
-    normals = square_support_normals(depth, K, NORMAL_RADIUS, missing, dtype)
-    gravity = estimate_gravity(
-        square_support_normals(depth, K, GRAVITY_NORMAL_RADIUS, missing, dtype)
-    )
+    inputs = _fit_inputs(depth, missing)  # shared by both supports
+    normals = _normals(depth, K, NORMAL_RADIUS, inputs)
+    gravity = estimate_gravity(_normals(depth, K, GRAVITY_NORMAL_RADIUS, inputs))
     z_cm = depth * 100.0
     ray_x, ray_y = _ray_coords(K, *depth.shape[1:])
     col = gravity_rotation(gravity)[:, :, 1, None, None]  # (B, 3, 1, 1)

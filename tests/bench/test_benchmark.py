@@ -47,6 +47,15 @@ def test_measure_and_overhead() -> None:
     assert o["params"] == pytest.approx(0.0) and o["gflops"] == pytest.approx(0.0)
 
 
+def test_measure_at_batch_one_trains_global_pooling_batchnorm() -> None:
+    """iAFF has BatchNorm after a global pooling: one sample cannot train it."""
+    fusion = {"class_path": "rgbx_fusion.models.fusion.channel_attention.iAFFFusion"}
+    args = {"backbone": "resnet10t", "fusion": fusion}
+    build = network_builders(args, num_classes=3, aux_channels=1)["model"]
+    row = measure("iaff", build, (32, 48), 1, 1, torch.device("cpu"), warmup=0, iters=1)
+    assert row.batch == 1 and row.latency_ms > 0 and row.train_images_per_s > 0
+
+
 def test_benchmark_command_writes_json_and_csv(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(

@@ -177,23 +177,32 @@ def test_shipped_compare_configs_validate() -> None:
         config = load_compare_config(path)
         names = [v.name for v in config.variants]
         assert {"early", "late", "rgb_only", "aux_only", "mid_cmx"} <= set(names)
+        assert {"rig_mid_add", "rig_mid_add_aligned"} <= set(names)
         assert config.seeds == (0,)
-        assert config.overrides == {}
+        assert config.overrides["trainer.max_epochs"] == 3  # the budget the README's table used
 
 
-def test_shipped_compare_variants_build() -> None:
-    """Every variant's network overrides instantiate (the thermal config has the same ones)."""
-    from rgbx_fusion.bench.benchmark import network_builders, network_init_args
+@pytest.mark.parametrize("name", ["synthetic_depth", "synthetic_thermal"])
+def test_shipped_compare_variants_build(
+    name: str, tiny_depth_root: Path, tiny_thermal_root: Path
+) -> None:
+    """Every run's arguments parse and build (model and data), as ``compare`` would."""
+    from rgbx_fusion.cli import build_cli
 
-    config = load_compare_config(BASE.parent / "compare" / "synthetic_depth.yaml")
-    base = network_init_args(config.base)
-    prefix = "model.network.init_args."
+    config = load_compare_config(BASE.parent / "compare" / f"{name}.yaml")
+    root = tiny_thermal_root if name == "synthetic_thermal" else tiny_depth_root
     for v in config.variants:
-        assert all(k.startswith(prefix) for k in v.overrides)
-        init_args = {**base, **{k[len(prefix) :]: x for k, x in v.overrides.items()}}
-        init_args |= {"backbone": "resnet10t"}  # quicker to build; the overrides are the point
-        net = network_builders(init_args, num_classes=8, aux_channels=1)["model"]()
-        assert net.fusion_stage == init_args["fusion_stage"]
+        args = [
+            "--config",
+            str(config.base),
+            *config.cli_args(v, config.seeds[0]),
+            f"--data.dataset.init_args.root={root}",  # tiny data instead of the prepared one
+            "--model.network.init_args.backbone=resnet10t",  # quicker to build
+        ]
+        cli = build_cli(args, run=False)
+        net = cli.model.net
+        assert net.fusion_stage == v.overrides.get("model.network.init_args.fusion_stage", "mid")
+        assert (net.input_align is not None) == v.name.endswith("_aligned")
 
 
 def test_interrupted_run_resumes_from_last_checkpoint_or_restarts(
