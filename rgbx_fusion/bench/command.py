@@ -1,6 +1,6 @@
-"""``rgbx-fusion benchmark``: network costs, operator scaling and data-loading throughput.
+"""``rgbx-fusion benchmark``: network costs, operator scaling, data loading and HHA speed.
 
-Three modes, each printed as a table and saved as JSON/CSV with ``--out``:
+Four modes, each printed as a table and saved as JSON/CSV with ``--out``:
 
 * default (``--config``): the configured network vs plain add fusion vs the bare
   backbones (:mod:`rgbx_fusion.bench.benchmark`), with the fusion + alignment
@@ -9,7 +9,9 @@ Three modes, each printed as a table and saved as JSON/CSV with ``--out``:
   at three feature-map sizes, per pixel relative to the smallest
   (:mod:`rgbx_fusion.bench.scaling`);
 * ``--data`` (with ``--config``): the config's loader throughput against its
-  training throughput (:mod:`rgbx_fusion.bench.data_rate`).
+  training throughput (:mod:`rgbx_fusion.bench.data_rate`);
+* ``--hha``: milliseconds per image of the HHA encoding
+  (:func:`rgbx_fusion.geometry.hha.bench_hha`, one thread by default).
 """
 
 from __future__ import annotations
@@ -233,15 +235,42 @@ def run_data(args: argparse.Namespace) -> None:
     _save(args.out, "data", report, [report])
 
 
+def run_hha(args: argparse.Namespace) -> None:
+    """``--hha``: milliseconds per image of ``depth_to_hha`` at each resolution and batch."""
+    from rgbx_fusion.geometry.hha import bench_hha
+
+    rows = []
+    for h, w in (parse_size(s) for s in args.resolutions.split(",")):
+        for batch in (int(b) for b in args.batch.split(",")):
+            seconds = bench_hha(
+                h,
+                w,
+                batch,
+                repeats=max(args.iters, 1),
+                device=args.device,
+                threads=args.hha_threads,
+            )
+            rows.append({"height": h, "width": w, "batch": batch, "ms_per_image": seconds * 1e3})
+            console.print(
+                f"HHA {h}×{w}, batch {batch}, {args.device}, "
+                f"{args.hha_threads or 'all'} thread(s): {seconds * 1e3:.1f} ms/image"
+            )
+    console.print(_load_text())
+    _save(args.out, "hha", {"device": args.device, "load": _load_text(), "rows": rows}, rows)
+
+
 def run_benchmark(args: argparse.Namespace) -> int:
     """Run the modes the arguments ask for (see the module docstring)."""
-    if (args.data or not args.scaling) and not args.config:
-        raise ConfigError("benchmark: --config is required (except with --scaling alone)")
+    alone = args.scaling or args.hha
+    if (args.data or not alone) and not args.config:
+        raise ConfigError("benchmark: --config is required (except with --scaling or --hha alone)")
     if args.scaling:
         run_scaling(args)
+    if args.hha:
+        run_hha(args)
     if args.data:
         run_data(args)
-    if not (args.scaling or args.data):
+    if not (alone or args.data):
         run_networks(args)
     return 0
 
@@ -282,4 +311,11 @@ def add_benchmark_parser(sub: Any, default_device: str) -> None:
     )
     data.add_argument("--root", default=None, help="override data.dataset.init_args.root")
     data.add_argument("--data-batches", type=int, default=8, help="batches timed per repeat")
+    hha = bench.add_argument_group("HHA encoding speed (--hha)")
+    hha.add_argument(
+        "--hha",
+        action="store_true",
+        help="ms per image of depth_to_hha at --resolutions and --batch, on --device",
+    )
+    hha.add_argument("--hha-threads", type=int, default=1, help="torch threads (0: all; default 1)")
     bench.set_defaults(func=run_benchmark)

@@ -210,7 +210,7 @@ def _save(fig: Any, path: Path) -> None:
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,17 @@ def perturb(
     raise ValueError(f"unknown perturbation {kind!r}; expected one of {sorted(PERTURBATIONS)}")
 
 
+def _cached(loader: Iterable[dict[str, Any]], limit_bytes: int = 2**30) -> list[Any] | None:
+    """The loader's batches in a list, or ``None`` when they exceed ``limit_bytes``."""
+    batches, size = [], 0
+    for batch in loader:
+        size += sum(t.numel() * t.element_size() for t in batch.values() if isinstance(t, Tensor))
+        if size > limit_bytes:
+            return None
+        batches.append(batch)
+    return batches
+
+
 @torch.no_grad()
 def evaluate_checkpoint(
     resolved_config: str | Path,
@@ -153,10 +164,11 @@ def evaluate_checkpoint(
     rgb_mean = torch.tensor(dm.rgb_mean, dtype=torch.float32)
     rgb_std = torch.tensor(dm.rgb_std, dtype=torch.float32)
     loader = dm.test_dataloader()
+    batches = _cached(loader) or loader  # decoded once when the test split fits in memory
 
     def score(kind: str, level: float) -> float:
         metric.reset()
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(batches):
             gen = torch.Generator().manual_seed(i)
             rgb, aux = perturb(batch, kind, level, rgb_mean, rgb_std, gen)
             logits = model(rgb.to(device), aux.to(device))
@@ -228,18 +240,21 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
     kinds = list(dict.fromkeys(r["perturbation"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
+    colors = plt.get_cmap("tab20").colors  # distinct colours for up to 20 variants
     for ax, kind in zip(axes[0], kinds, strict=True):
-        for v in variants:
+        for n, v in enumerate(variants):
             pts: dict[float, list[float]] = {}
             for r in rows:
                 if r["variant"] == v and r["perturbation"] == kind:
                     pts.setdefault(float(r["level"]), []).append(float(r["test_mIoU"]))
             xs = sorted(pts)
-            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=v)
+            style = {"color": colors[n % 20], "linestyle": ("-", "--", ":")[n // 20 % 3]}
+            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=v, **style)
         ax.set_xlabel(kind)
         ax.set_ylabel("test mIoU")
         ax.grid(alpha=0.3)
         if kind == "rgb_dark_factor":
             ax.invert_xaxis()  # darker to the right, like the other panels
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     _save(fig, path)

@@ -114,3 +114,27 @@ def test_recipes_with_weight_files_build_offline() -> None:
     args = network_init_args(CONFIGS / "nyudv2_cmx_b2.yaml")
     assert args["pretrained"] is False and "backbone_weights" not in args
     assert args["backbone"] == "mit_b2"
+
+
+def test_benchmark_hha_reports_ms_per_image(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "benchmark",
+                "--hha",
+                "--resolutions",
+                "48x64",
+                "--batch",
+                "1,2",
+                "--iters",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert exc.value.code == 0
+    rows = json.loads((tmp_path / "hha.json").read_text())["rows"]
+    assert [(r["height"], r["width"], r["batch"]) for r in rows] == [(48, 64, 1), (48, 64, 2)]
+    assert all(r["ms_per_image"] > 0 for r in rows)

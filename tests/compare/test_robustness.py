@@ -7,6 +7,7 @@ import torch
 
 from rgbx_fusion.compare.robustness import (
     PERTURBATIONS,
+    _cached,
     holes,
     is_clean,
     perturb,
@@ -92,3 +93,9 @@ def test_rgb_noise_stays_in_the_intensity_range_and_keeps_aux() -> None:
     inside = (clean > 0.3) & (clean < 0.7)  # where clamping cannot act
     assert (raw - clean)[inside].std().item() == pytest.approx(0.1, rel=0.3)
     assert aux is batch["aux"]
+
+
+def test_test_batches_are_cached_only_when_small() -> None:
+    batches = [{"rgb": torch.zeros(2, 3, 4, 4), "meta": ["a", "b"]} for _ in range(3)]  # 384 B each
+    assert _cached(iter(batches)) == batches
+    assert _cached(iter(batches), limit_bytes=1000) is None
