@@ -240,7 +240,7 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
     kinds = list(dict.fromkeys(r["perturbation"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
-    colors = plt.get_cmap("tab20").colors  # distinct colours for up to 20 variants
+    colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # distinct colours for 20 variants
     for ax, kind in zip(axes[0], kinds, strict=True):
         for n, v in enumerate(variants):
             pts: dict[float, list[float]] = {}
