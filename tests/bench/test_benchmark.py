@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from bench_cli import benchmark_report
 
 from rgbx_fusion.bench.benchmark import (
     largest_batch,
@@ -14,7 +14,6 @@ from rgbx_fusion.bench.benchmark import (
     overhead,
     search_largest,
 )
-from rgbx_fusion.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -57,28 +56,20 @@ def test_measure_at_batch_one_trains_global_pooling_batchnorm() -> None:
 
 
 def test_benchmark_command_writes_json_and_csv(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "benchmark",
-                "--config",
-                str(CONFIGS / "synthetic_mid_se.yaml"),
-                "--resolutions",
-                "32x48",
-                "--batch",
-                "1",
-                "--warmup",
-                "1",
-                "--iters",
-                "1",
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-    assert exc.value.code == 0
-    report = json.loads((tmp_path / "benchmark.json").read_text())
+    report = benchmark_report(
+        tmp_path,
+        "benchmark",
+        "--config",
+        str(CONFIGS / "synthetic_mid_se.yaml"),
+        "--resolutions",
+        "32x48",
+        "--batch",
+        "1",
+        "--warmup",
+        "1",
+        "--iters",
+        "1",
+    )
     assert len(report["rows"]) == 3 and report["overhead"][0]["params"] > 0
     assert report["max_train_batch"]["model"] is None  # CPU: no fixed memory budget
     assert (tmp_path / "benchmark.csv").read_text().startswith("variant,")
@@ -117,24 +108,8 @@ def test_recipes_with_weight_files_build_offline() -> None:
 
 
 def test_benchmark_hha_reports_ms_per_image(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "benchmark",
-                "--hha",
-                "--resolutions",
-                "48x64",
-                "--batch",
-                "1,2",
-                "--iters",
-                "1",
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-    assert exc.value.code == 0
-    rows = json.loads((tmp_path / "hha.json").read_text())["rows"]
+    rows = benchmark_report(
+        tmp_path, "hha", "--hha", "--resolutions", "48x64", "--batch", "1,2", "--iters", "1"
+    )["rows"]
     assert [(r["height"], r["width"], r["batch"]) for r in rows] == [(48, 64, 1), (48, 64, 2)]
     assert all(r["ms_per_image"] > 0 for r in rows)

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
 import torch
+from bench_cli import benchmark_report
 
 from rgbx_fusion.bench.memory import TensorMemory
 from rgbx_fusion.bench.scaling import ELEMENTWISE, attention_operators, measure_scaling
-from rgbx_fusion.cli import main
 from rgbx_fusion.models.fusion import FUSIONS, RECTIFIERS, NonLocalFusion
 
 
@@ -49,31 +47,23 @@ def test_non_local_memory_grows_linearly() -> None:
 
 
 def test_scaling_command_writes_json_and_csv(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "benchmark",
-                "--scaling",
-                "--operators",
-                "se,rectify",
-                "--scaling-images",
-                "32x32,64x64,128x128",
-                "--scaling-channels",
-                "16",
-                "--warmup",
-                "0",
-                "--iters",
-                "1",
-                "--device",
-                "cpu",
-                "--clock",
-                "cpu",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-    assert exc.value.code == 0
-    report = json.loads((tmp_path / "scaling.json").read_text())
+    report = benchmark_report(
+        tmp_path,
+        "scaling",
+        "--scaling",
+        "--operators",
+        "se,rectify",
+        "--scaling-images",
+        "32x32,64x64,128x128",
+        "--scaling-channels",
+        "16",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--clock",
+        "cpu",
+    )
     assert [(r["operator"], r["height"]) for r in report["rows"]] == [
         ("se", 4),
         ("se", 8),
