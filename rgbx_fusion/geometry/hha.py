@@ -78,56 +78,132 @@ def _ray_coords(K: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _fit_inputs(depth: Tensor, missing: Tensor | None) -> Tensor:
-    """Mask of the pixels used in the fits and their ``1 / Z_cm`` (0 elsewhere), stacked.
+STRIP_PIXELS = 1 << 16
+"""Pixels per strip on CPU: per-strip temporaries stay in cache and reuse freed memory."""
+GRAVITY_BANDS = (0.06, 0.03)
+"""Per gravity round, ``|n·y|`` within this of a threshold is re-classified at every iteration
+(speed only: wide enough that a typical estimate stays within it for the whole round, narrow
+enough to leave few candidates; the result is exact for any band)."""
+
+
+def _strips(depth: Tensor) -> list[slice]:
+    """Row ranges that :func:`depth_to_hha` processes one at a time (one on CUDA)."""
+    b, h, w = depth.shape
+    if depth.device.type != "cpu":
+        return [slice(0, h)]
+    rows = max(1, STRIP_PIXELS // (b * w))
+    return [slice(r, min(r + rows, h)) for r in range(0, h, rows)]
+
+
+def _fit_inputs(depth: Tensor, missing: Tensor | None, pad: int) -> Tensor:
+    """Mask of the pixels used in the fits and their ``1 / Z_cm`` (0 elsewhere), stacked,
+    with ``pad`` zero rows above and below (the fits' zero padding at the border).
 
     Shape:
-        depth: (B, H, W) -> (B, 2, H, W)
+        depth: (B, H, W) -> (B, 2, H + 2 pad, W)
     """
     valid = depth > 0
     if missing is not None:
         valid = valid & ~missing.to(device=depth.device, dtype=torch.bool).expand_as(depth)
-    inv_z = torch.where(valid, 1.0 / (100.0 * depth.clamp_min(1e-12)), depth.new_zeros(()))
-    return torch.stack((valid.to(depth.dtype), inv_z), 1)
+    inputs = depth.new_zeros(depth.shape[0], 2, depth.shape[1] + 2 * pad, depth.shape[2])
+    mask = inputs[:, 0, pad : pad + depth.shape[1]]
+    mask.copy_(valid)
+    torch.mul(mask, (100.0 * depth.clamp_min(1e-12)).reciprocal_(), out=inputs[:, 1, pad:-pad])
+    return inputs
 
 
-def _window_moments(inputs: Tensor, radius: int) -> tuple[Tensor, ...]:
-    """Window moments ``Σdx², Σdxdy, Σdx, Σdy², Σdy, Σ1`` (mask) and ``Σdx/Z, Σdy/Z, Σ1/Z``.
+def _window_moments(
+    inputs: Tensor, pad: int, radii: tuple[int, ...], rows: slice
+) -> list[tuple[Tensor, ...]]:
+    """Window moments ``Σdx², Σdxdy, Σdx, Σdy², Σdy, Σ1`` (mask) and ``Σdx/Z, Σdy/Z, Σ1/Z``
+    of the output rows ``rows``, for each window radius.
 
     Offsets ``dx, dy`` are relative to the window centre; outside the image counts as 0.
-    Two dense convolutions (columns: 2 → 5 channels, rows: 5 → 9), which run several times
-    faster on CPU than the equivalent per-channel (depthwise) filters.
+    Dense convolutions, which run several times faster on CPU than the equivalent
+    per-channel (depthwise) filters: one over columns for every radius at once (2 → 5 channels
+    per radius), then one over rows per radius (5 → 9).
 
     Shape:
-        inputs: (B, 2, H, W) -> 9 × (B, H, W)
+        inputs: (B, 2, H + 2 pad, W) from :func:`_fit_inputs` -> per radius 9 × (B, S, W)
     """
-    col, row = _moment_kernels(radius, inputs.dtype, inputs.device)
-    cols = F.conv2d(inputs, col, padding=(radius, 0))
-    return F.conv2d(cols, row, padding=(0, radius)).unbind(1)
+    col, row_kernels = _moment_kernels(radii, inputs.dtype, inputs.device)
+    reach = max(radii)
+    cols = F.conv2d(inputs[:, :, rows.start + pad - reach : rows.stop + pad + reach], col)
+    return [
+        F.conv2d(part, row, padding=(0, radius)).unbind(1)
+        for part, row, radius in zip(cols.split(5, dim=1), row_kernels, radii, strict=True)
+    ]
 
 
 @functools.lru_cache(maxsize=16)
-def _moment_kernels(radius: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Weights of :func:`_window_moments`: columns ``(5, 2, k, 1)``, rows ``(9, 5, 1, k)``."""
-    d = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    one, zero = torch.ones_like(d), torch.zeros_like(d)
-    # columns: (Σ m, Σ dy m, Σ dy² m) from the mask, (Σ 1/Z, Σ dy/Z) from 1/Z
-    col = torch.stack(
-        (
-            torch.stack((one, zero)),
-            torch.stack((d, zero)),
-            torch.stack((d * d, zero)),
-            torch.stack((zero, one)),
-            torch.stack((zero, d)),
+def _moment_kernels(
+    radii: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, list[Tensor]]:
+    """Weights of :func:`_window_moments`: columns ``(5 n, 2, 2 max(r) + 1, 1)`` (zero taps
+    beyond a radius), rows ``(9, 5, 1, 2r + 1)`` per radius."""
+    reach = max(radii)
+    col = torch.zeros(5 * len(radii), 2, 2 * reach + 1, device=device, dtype=dtype)
+    rows = []
+    for i, radius in enumerate(radii):
+        d = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+        one = torch.ones_like(d)
+        taps = slice(reach - radius, reach + radius + 1)
+        # columns: (Σ m, Σ dy m, Σ dy² m) from the mask, (Σ 1/Z, Σ dy/Z) from 1/Z
+        for j, (channel, kernel) in enumerate(((0, one), (0, d), (0, d * d), (1, one), (1, d))):
+            col[5 * i + j, channel, taps] = kernel
+        # rows, from the column sums (m0, m1, m2, z0, z1) to the moments in return order:
+        # sxx, sxy, sx, syy, sy, s1, gx, gy, g1 as (input channel, row kernel)
+        row = torch.zeros(9, 5, 2 * radius + 1, device=device, dtype=dtype)
+        sources = ((0, d * d), (1, d), (0, d), (2, one), (1, one), (0, one), (3, d), (4, one))
+        for j, (channel, kernel) in enumerate((*sources, (3, one))):
+            row[j, channel] = kernel
+        rows.append(row[:, :, None])
+    return col[..., None], rows
+
+
+class _Plane:
+    """Plane fit of one strip: the normal ``(nx, ny, nz)`` up to scale, and its length.
+
+    The fit is solved in window-local pixel offsets (``x = x_c + dx / fx``), which keeps the
+    normal equations well conditioned in float32; mapping the solution back is exact, so the
+    direction equals the reference ``adj(AᵀA) Aᵀb`` (a positive multiple of it). ``mz`` is
+    the solution's third component, whose sign is that of ``n · ray``.
+    """
+
+    def __init__(self, moments: tuple[Tensor, ...], K: Tensor, ray_x: Tensor, ray_y: Tensor):
+        sxx, sxy, sx, syy, sy, s1, gx, gy, g1 = moments
+        # adj(G) g with G = [[sxx, sxy, sx], [sxy, syy, sy], [sx, sy, s1]] (symmetric adjugate).
+        a11 = (syy * s1).addcmul_(sy, sy, value=-1)
+        a22 = (sxx * s1).addcmul_(sx, sx, value=-1)
+        a33 = (sxx * syy).addcmul_(sxy, sxy, value=-1)
+        a12 = (sx * sy).addcmul_(sxy, s1, value=-1)
+        a13 = (sxy * sy).addcmul_(sx, syy, value=-1)
+        a23 = (sxy * sx).addcmul_(sxx, sy, value=-1)
+        mx = (a11 * gx).addcmul_(a12, gy).addcmul_(a13, g1)
+        my = (a12 * gx).addcmul_(a22, gy).addcmul_(a23, g1)
+        self.mz = (a13 * gx).addcmul_(a23, gy).addcmul_(a33, g1)
+        self.nx = mx.mul_(K[:, 0, 0, None, None])
+        self.ny = my.mul_(K[:, 1, 1, None, None])
+        self.nz = torch.addcmul(self.mz, ray_x, self.nx, value=-1).addcmul_(
+            ray_y, self.ny, value=-1
         )
-    )
-    # rows, from the column sums (m0, m1, m2, z0, z1) to the moments in return order:
-    # sxx, sxy, sx, syy, sy, s1, gx, gy, g1 as (input channel, row kernel)
-    taps = ((0, d * d), (1, d), (0, d), (2, one), (1, one), (0, one), (3, d), (4, one), (3, one))
-    row = torch.zeros(len(taps), 5, 2 * radius + 1, device=device, dtype=dtype)
-    for i, (channel, kernel) in enumerate(taps):
-        row[i, channel] = kernel
-    return col[..., None], row[:, :, None]
+        self.norm = (self.nx * self.nx).addcmul_(self.ny, self.ny).addcmul_(self.nz, self.nz)
+        self.norm.sqrt_()
+
+    def inverse_length(self) -> Tensor:
+        """``1 / |n|`` (finite; the normal is a zero vector where the window has no support)."""
+        return self.norm.clamp_min(torch.finfo(self.norm.dtype).tiny).reciprocal_()
+
+    def oriented_scale(self, depth: Tensor) -> Tensor:
+        """``±1 / |n|``, the sign as in the reference: flip to ``n_z >= 0``, then flip again so
+        that ``n · P > 0`` (a zero sign counts as +1). ``n · P = Z (n · ray) = Z m_z``, so the
+        second flip is ``sign(Z m_z)`` wherever that is non-zero, and the first stands
+        elsewhere.
+        """
+        sign = torch.sign(depth * self.mz)
+        first = (self.nz < 0).to(sign.dtype).mul_(-2.0).add_(1.0)
+        sign.addcmul_((sign == 0).to(sign.dtype), first)
+        return self.inverse_length().mul_(sign)
 
 
 def square_support_normals(
@@ -138,10 +214,6 @@ def square_support_normals(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Surface normals from a plane fit over a ``(2r+1)²`` window (``computeNormalsSquareSupport``).
-
-    The fit is solved in window-local pixel offsets (``x = x_c + dx / fx``), which keeps the
-    normal equations well conditioned in float32; mapping the solution back is exact, so the
-    direction equals the reference ``adj(AᵀA) Aᵀb`` (a positive multiple of it).
 
     Args:
         depth_m: depth (Z) in metres, 0 = missing.
@@ -159,33 +231,34 @@ def square_support_normals(
         depth_m: (B, H, W) or (H, W); K: (3, 3) or (B, 3, 3) -> (B, 3, H, W)
     """
     depth, K = _as_batch(depth_m, K, dtype)
-    return _normals(depth, K, radius, _fit_inputs(depth, missing))
+    inputs = _fit_inputs(depth, missing, radius)
+    return _unit_normals(depth, K, inputs, radius, ((radius, True),))[0][0]
 
 
-def _normals(depth: Tensor, K: Tensor, radius: int, inputs: Tensor) -> Tensor:
-    """:func:`square_support_normals` from batched inputs and :func:`_fit_inputs`."""
-    h, w = depth.shape[1:]
-    dtype = depth.dtype
-    sxx, sxy, sx, syy, sy, s1, gx, gy, g1 = _window_moments(inputs, radius)
-    # adj(G) g with G = [[sxx, sxy, sx], [sxy, syy, sy], [sx, sy, s1]] (symmetric adjugate).
-    a11, a22, a33 = syy * s1 - sy * sy, sxx * s1 - sx * sx, sxx * syy - sxy * sxy
-    a12, a13, a23 = sx * sy - sxy * s1, sxy * sy - sx * syy, sxy * sx - sxx * sy
-    mx = a11 * gx + a12 * gy + a13 * g1
-    my = a12 * gx + a22 * gy + a23 * g1
-    mz = a13 * gx + a23 * gy + a33 * g1
+def _unit_normals(
+    depth: Tensor, K: Tensor, inputs: Tensor, pad: int, fields: tuple[tuple[int, bool], ...]
+) -> list[tuple[Tensor, Tensor]]:
+    """Unit normals of every pixel for each ``(radius, oriented)`` field, strip by strip, and
+    where the window gave no normal. Unoriented fields keep the fit's sign.
+
+    Shape:
+        depth: (B, H, W) -> per field ((B, 3, H, W), (B, H, W) bool)
+    """
+    b, h, w = depth.shape
+    out = [
+        (depth.new_empty(b, 3, h, w), depth.new_empty(b, h, w, dtype=torch.bool)) for _ in fields
+    ]
     ray_x, ray_y = _ray_coords(K, h, w)
-    nx = mx * K[:, 0, 0, None, None]
-    ny = my * K[:, 1, 1, None, None]
-    nz = mz - ray_x * nx - ray_y * ny
-    norm = torch.sqrt(nx * nx + ny * ny + nz * nz)
-    # Orientation as in the reference: flip to n_z >= 0, then flip again so that n · P > 0
-    # (a zero sign counts as +1). n · P = Z (n · ray) = Z m_z, so the second flip reduces to
-    # sign(m_z) wherever Z m_z != 0, and the first flip stands elsewhere.
-    first = torch.where(nz < 0, -1.0, 1.0).to(dtype)
-    facing = depth * mz
-    sign = torch.where(facing != 0, torch.sign(facing), first)
-    scale = torch.where(norm > 0, sign / norm.clamp_min(torch.finfo(dtype).tiny), 0.0)
-    return torch.stack((nx, ny, nz), dim=1) * scale[:, None]
+    radii = tuple(radius for radius, _ in fields)
+    for rows in _strips(depth):
+        moments = _window_moments(inputs, pad, radii, rows)
+        for (normals, none), (_, oriented), part in zip(out, fields, moments, strict=True):
+            plane = _Plane(part, K, ray_x, ray_y[:, rows])
+            scale = plane.oriented_scale(depth[:, rows]) if oriented else plane.inverse_length()
+            for i, component in enumerate((plane.nx, plane.ny, plane.nz)):
+                torch.mul(component, scale, out=normals[:, i, rows])
+            torch.eq(plane.norm, 0, out=none[:, rows])
+    return out
 
 
 def estimate_gravity(
@@ -198,11 +271,20 @@ def estimate_gravity(
     Starting from image-down ``(0, 1, 0)``, for each threshold ``t`` and its iteration count:
     floor normals ``|n·y| > cos t``, wall normals ``|n·y| < sin t``; the new ``y`` is the
     eigenvector of the smallest eigenvalue of ``Σ_wall n nᵀ − Σ_floor n nᵀ``, signed to agree
-    with the previous ``y``. The 3×3 sums are accumulated in float64, ``|n·y|`` is taken in
-    the normals' dtype.
+    with the previous ``y``. ``|n·y|`` is taken in the normals' dtype; the sum over all pixels
+    is one matrix product in that dtype (relative error about 1e-6 in float32, which moves
+    the estimate by about 1e-8 rad), the eigen-problem is solved in float64. A normal's sign
+    does not matter.
+
+    The assignments are exact but not recomputed for every pixel at every iteration: a pass
+    over all pixels at ``y_ref`` fixes every normal whose ``|n·y_ref|`` lies farther than the
+    round's band (:data:`GRAVITY_BANDS`) from both thresholds, and only the others are
+    re-classified while ``|n| · |y − y_ref|`` (the most ``|n·y|`` can have moved) stays
+    inside the band.
 
     Args:
-        normals: unit normals; zero vectors (no normal) are ignored.
+        normals: normals (unit ones for the reference's thresholds to mean angles); zero
+            vectors (no normal) are ignored.
         angles_deg: thresholds, one per round.
         iterations: iterations per round.
 
@@ -212,33 +294,56 @@ def estimate_gravity(
     Shape:
         normals: (B, 3, H, W) -> (B, 3)
     """
-    b = normals.shape[0]
     flat = normals.flatten(2)  # (B, 3, HW)
-    flat64 = flat.to(torch.float64)
-    y = flat64.new_tensor([0.0, 1.0, 0.0]).expand(b, 3)
-    # The first iteration sums over every pixel; later ones only add what changed class (few
-    # pixels once the estimate settles). Zero normals count as wall and add nothing.
-    a: Tensor | None = None
-    weight: Tensor | None = None
-    for angle, count in zip(angles_deg, iterations, strict=True):
+    found = [_gravity(n, float((n * n).sum(0).amax().sqrt()), angles_deg, iterations) for n in flat]
+    return torch.stack(found).to(normals.dtype)
+
+
+def _gravity(
+    n: Tensor, reach: float, angles_deg: tuple[float, ...], iterations: tuple[int, ...]
+) -> Tensor:
+    """:func:`estimate_gravity` of one image, ``reach`` ≥ the largest ``|n|``.
+
+    Shape:
+        n: (3, N) -> (3,) float64
+
+    A pass over all pixels at ``y_ref`` sums ``w n nᵀ`` with a weight that is exact for every
+    normal farther than the band from both thresholds (a clamped ramp, so no per-pixel
+    branch), and keeps the normals inside the band as candidates. Each iteration then
+    replaces the candidates' ramp weights by their exact floor/wall weights at the current
+    ``y``.
+    """
+    slack = 1e-5  # float rounding of |n·y|
+    y = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64, device=n.device)
+    bands = GRAVITY_BANDS + GRAVITY_BANDS[-1:] * len(angles_deg)
+    for angle, count, band in zip(angles_deg, iterations, bands[: len(angles_deg)], strict=True):
         cos_t, sin_t = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        ref: Tensor | None = None
         for _ in range(count):
-            sim = torch.bmm(y.to(flat.dtype)[:, None, :], flat)[:, 0].abs()  # (B, HW)
-            new = (sim < sin_t).to(torch.int8) - (sim > cos_t).to(torch.int8)
-            if a is None or weight is None:
-                a = torch.bmm(flat64 * new[:, None], flat64.transpose(1, 2))  # Σ w n nᵀ
-            else:
-                delta = new - weight
-                for i in range(b):
-                    idx = delta[i].nonzero()[:, 0]
-                    if idx.numel():
-                        part = flat64[i][:, idx]
-                        a[i] += (part * delta[i, idx]) @ part.T
-            weight = new
-            new_y = torch.linalg.eigh(a)[1][:, :, 0]
-            agree = (new_y * y).sum(-1, keepdim=True)
-            y = new_y * torch.where(agree < 0, -1.0, 1.0).to(new_y)
-    return y.to(normals.dtype)
+            if ref is None or reach * float((y - ref).norm()) + slack > band:
+                ref = y
+                sim = (y.to(n.dtype) @ n).abs_()
+                ramp = _ramp_weight(sim, cos_t, sin_t, band)
+                base = ((n * ramp) @ n.T).to(torch.float64)  # exact but for the candidates
+                gap = torch.minimum((sim - cos_t).abs_(), (sim - sin_t).abs_())
+                near = (gap <= band).nonzero()[:, 0]
+                cand = n.index_select(1, near)
+                cand_ramp = ramp.index_select(0, near)
+            sim_c = (y.to(n.dtype) @ cand).abs_()
+            change = (sim_c < sin_t).to(n.dtype).sub_((sim_c > cos_t).to(n.dtype)).sub_(cand_ramp)
+            a = base + ((cand * change) @ cand.T).to(torch.float64)
+            new_y = torch.linalg.eigh(a)[1][:, 0]
+            y = new_y if float(new_y @ y) >= 0 else -new_y
+    return y
+
+
+def _ramp_weight(sim: Tensor, cos_t: float, sin_t: float, band: float) -> Tensor:
+    """+1 (wall) below ``sin_t``, −1 (floor) above ``cos_t``, 0 between, exactly so at a
+    distance of at least ``band`` from both; a linear ramp closer than that.
+    """
+    steep = 1.0 / band
+    wall = torch.sub(sin_t, sim).mul_(steep).clamp_(0.0, 1.0)
+    return wall.sub_(torch.sub(sim, cos_t).mul_(steep).clamp_(0.0, 1.0))
 
 
 def gravity_rotation(gravity: Tensor, min_angle_deg: float = 0.1) -> Tensor:
@@ -266,9 +371,9 @@ def gravity_rotation(gravity: Tensor, min_angle_deg: float = 0.1) -> Tensor:
 
 def matlab_uint8(x: Tensor) -> Tensor:
     """MATLAB ``uint8(x)``: round half away from zero, saturate to [0, 255], NaN → 0."""
-    floor = torch.floor(x)
-    rounded = torch.where(x - floor == 0.5, floor + 1, torch.round(x))
-    return torch.nan_to_num(rounded, nan=0.0).clamp(0, 255).to(torch.uint8)
+    x = torch.nan_to_num(x, nan=0.0).clamp_(0, 255)
+    rounded = torch.round(x)  # half to even: a half that went down goes up instead
+    return rounded.add_((x - rounded) == 0.5).to(torch.uint8)
 
 
 def depth_to_hha(
@@ -278,6 +383,9 @@ def depth_to_hha(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Encode depth as HHA (disparity, height above floor, angle with gravity), as uint8.
+
+    On CPU the image is processed in strips of rows (:data:`STRIP_PIXELS`), so that the
+    plane fits' temporaries stay in cache; the result does not depend on the strips.
 
     Args:
         depth_m: depth (Z) in metres, 0 = missing; may be hole-filled.
@@ -295,21 +403,36 @@ def depth_to_hha(
         -> (B, 3, H, W) uint8
     """
     depth, K = _as_batch(depth_m, K, dtype)
-    inputs = _fit_inputs(depth, missing)  # shared by both supports
-    normals = _normals(depth, K, NORMAL_RADIUS, inputs)
-    gravity = estimate_gravity(_normals(depth, K, GRAVITY_NORMAL_RADIUS, inputs))
-    z_cm = depth * 100.0
-    ray_x, ray_y = _ray_coords(K, *depth.shape[1:])
+    b, h, w = depth.shape
+    pad = max(NORMAL_RADIUS, GRAVITY_NORMAL_RADIUS)
+    inputs = _fit_inputs(depth, missing, pad)  # shared by both supports
+    fields = ((NORMAL_RADIUS, True), (GRAVITY_NORMAL_RADIUS, False))
+    (normals, no_normal), (coarse, _) = _unit_normals(depth, K, inputs, pad, fields)
+    reach = 1.0 + 1e-5  # unit or zero normals
+    gravity = torch.stack(
+        [_gravity(n, reach, GRAVITY_ANGLES_DEG, GRAVITY_ITERATIONS) for n in coarse.flatten(2)]
+    ).to(dtype)
     col = gravity_rotation(gravity)[:, :, 1, None, None]  # (B, 3, 1, 1)
-    height = -z_cm * (col[:, 0] * ray_x + col[:, 1] * ray_y + col[:, 2])  # -(Rᵀ P)_y in cm
+    g = gravity[:, :, None, None]
+    ray_x, ray_y = _ray_coords(K, h, w)
+    up = col[:, 0] * ray_x  # the height is -z_cm (col · ray), in cm
+    out = torch.empty(b, 3, h, w, dtype=torch.uint8, device=depth.device)
+    height = torch.empty_like(depth)
+    for rows in _strips(depth):
+        z_cm = depth[:, rows] * 100.0
+        n = normals[:, :, rows]
+        cos = (n[:, 0] * g[:, 0]).addcmul_(n[:, 1], g[:, 1]).addcmul_(n[:, 2], g[:, 2])
+        angle = torch.acos_(cos.clamp_(-1.0, 1.0)).rad2deg_()
+        angle.add_(no_normal[:, rows].to(angle.dtype), alpha=90.0)  # no normal: 180°
+        out[:, 2, rows] = matlab_uint8(angle.add_(ANGLE_OFFSET_DEG))
+        out[:, 0, rows] = matlab_uint8(DISPARITY_SCALE_CM / z_cm.clamp_min(MIN_DEPTH_CM))
+        torch.mul(
+            torch.addcmul(up + col[:, 2], col[:, 1], ray_y[:, rows]), z_cm, out=height[:, rows]
+        ).neg_()
     floor = height.flatten(1).amin(1)
     floor = torch.where(floor > FLOOR_LIMIT_CM, torch.full_like(floor, FLOOR_FALLBACK_CM), floor)
-    height = height - floor[:, None, None]
-    cos = torch.einsum("bi,bihw->bhw", gravity, normals).clamp(-1.0, 1.0)
-    has_normal = normals.abs().sum(1) > 0
-    angle = torch.where(has_normal, torch.rad2deg(torch.acos(cos)), torch.full_like(cos, 180.0))
-    disparity = DISPARITY_SCALE_CM / z_cm.clamp_min(MIN_DEPTH_CM)
-    return matlab_uint8(torch.stack((disparity, height, angle + ANGLE_OFFSET_DEG), dim=1))
+    out[:, 1] = matlab_uint8(height.sub_(floor[:, None, None]))
+    return out
 
 
 class HHA(nn.Module):
