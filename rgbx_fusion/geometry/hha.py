@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -121,26 +122,67 @@ def _window_moments(
     Offsets ``dx, dy`` are relative to the window centre; outside the image counts as 0.
     Dense convolutions, which run several times faster on CPU than the equivalent
     per-channel (depthwise) filters: one over columns for every radius at once (2 → 5 channels
-    per radius), then one over rows per radius (5 → 9).
+    per radius), then one over rows per radius (5 → 9). Where every pixel within reach of the
+    rows is valid (hole-filled depth), the mask moments are sums of in-image offsets, a
+    column profile times a row profile, and only ``1/Z`` is filtered (1 → 2, then 2 → 3).
 
     Shape:
         inputs: (B, 2, H + 2 pad, W) from :func:`_fit_inputs` -> per radius 9 × (B, S, W)
+        (the mask moments broadcast: (1, S, W) when every pixel in reach is valid)
     """
-    col, row_kernels = _moment_kernels(radii, inputs.dtype, inputs.device)
+    kernels = _moment_kernels(radii, inputs.dtype, inputs.device)
     reach = max(radii)
-    cols = F.conv2d(inputs[:, :, rows.start + pad - reach : rows.stop + pad + reach], col)
-    return [
-        F.conv2d(part, row, padding=(0, radius)).unbind(1)
-        for part, row, radius in zip(cols.split(5, dim=1), row_kernels, radii, strict=True)
-    ]
+    h, w = inputs.shape[2] - 2 * pad, inputs.shape[3]
+    part = inputs[:, :, rows.start + pad - reach : rows.stop + pad + reach]
+    in_reach = slice(pad + max(rows.start - reach, 0), pad + min(rows.stop + reach, h))
+    if not _all_valid(inputs[:, 0, in_reach]):
+        cols = F.conv2d(part, kernels.col)
+        return [
+            F.conv2d(c, row, padding=(0, radius)).unbind(1)
+            for c, row, radius in zip(cols.split(5, dim=1), kernels.rows, radii, strict=True)
+        ]
+    cols = F.conv2d(part[:, 1:], kernels.z_col)
+    out = []
+    for c, row, radius in zip(cols.split(2, dim=1), kernels.z_rows, radii, strict=True):
+        ys = _offset_sums(radius, h, inputs.dtype, inputs.device)[:, rows, None]
+        xs = _offset_sums(radius, w, inputs.dtype, inputs.device)[:, None, :]
+        mask = (xs[2] * ys[0], xs[1] * ys[1], xs[1] * ys[0], xs[0] * ys[2], xs[0] * ys[1])
+        z = F.conv2d(c, row, padding=(0, radius)).unbind(1)
+        out.append((*(m[None] for m in mask), (xs[0] * ys[0])[None], *z))
+    return out
+
+
+def _all_valid(mask: Tensor) -> bool:
+    """Whether every pixel of a fit-mask slab is used (no missing depth)."""
+    return bool(mask.all())
+
+
+@functools.lru_cache(maxsize=32)
+def _offset_sums(radius: int, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(Σ 1, Σ d, Σ d²)`` over the offsets ``d ∈ [-r, r]`` that stay inside ``[0, size)``,
+    at every position. Shape: -> (3, size)"""
+    d = torch.arange(-radius, radius + 1, device=device)
+    pos = torch.arange(size, device=device)[:, None] + d
+    inside = ((pos >= 0) & (pos < size)).to(dtype)
+    d = d.to(dtype)
+    return torch.stack((inside.sum(1), inside @ d, inside @ (d * d)))
+
+
+class _MomentKernels(NamedTuple):
+    """Weights of :func:`_window_moments`: columns ``(5 n, 2, 2 max(r) + 1, 1)`` (zero taps
+    beyond a radius), rows ``(9, 5, 1, 2r + 1)`` per radius, and their ``1/Z`` parts
+    (``(2 n, 1, 2 max(r) + 1, 1)``; ``(3, 2, 1, 2r + 1)``)."""
+
+    col: Tensor
+    rows: list[Tensor]
+    z_col: Tensor
+    z_rows: list[Tensor]
 
 
 @functools.lru_cache(maxsize=16)
 def _moment_kernels(
     radii: tuple[int, ...], dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, list[Tensor]]:
-    """Weights of :func:`_window_moments`: columns ``(5 n, 2, 2 max(r) + 1, 1)`` (zero taps
-    beyond a radius), rows ``(9, 5, 1, 2r + 1)`` per radius."""
+) -> _MomentKernels:
     reach = max(radii)
     col = torch.zeros(5 * len(radii), 2, 2 * reach + 1, device=device, dtype=dtype)
     rows = []
@@ -158,7 +200,9 @@ def _moment_kernels(
         for j, (channel, kernel) in enumerate((*sources, (3, one))):
             row[j, channel] = kernel
         rows.append(row[:, :, None])
-    return col[..., None], rows
+    z_col = torch.cat([col[5 * i + 3 : 5 * i + 5, 1:] for i in range(len(radii))])
+    z_rows = [row[6:, 3:].contiguous() for row in rows]
+    return _MomentKernels(col[..., None], rows, z_col[..., None].contiguous(), z_rows)
 
 
 class _Plane:
@@ -257,7 +301,8 @@ def _unit_normals(
             scale = plane.oriented_scale(depth[:, rows]) if oriented else plane.inverse_length()
             for i, component in enumerate((plane.nx, plane.ny, plane.nz)):
                 torch.mul(component, scale, out=normals[:, i, rows])
-            torch.eq(plane.norm, 0, out=none[:, rows])
+            if oriented:
+                torch.eq(plane.norm, 0, out=none[:, rows])
     return out
 
 
@@ -421,11 +466,13 @@ def depth_to_hha(
     for rows in _strips(depth):
         z_cm = depth[:, rows] * 100.0
         n = normals[:, :, rows]
+        values = depth.new_empty(b, 2, z_cm.shape[1], w)  # disparity, angle
+        torch.div(DISPARITY_SCALE_CM, z_cm.clamp_min(MIN_DEPTH_CM), out=values[:, 0])
         cos = (n[:, 0] * g[:, 0]).addcmul_(n[:, 1], g[:, 1]).addcmul_(n[:, 2], g[:, 2])
-        angle = torch.acos_(cos.clamp_(-1.0, 1.0)).rad2deg_()
+        angle = torch.acos(cos.clamp_(-1.0, 1.0), out=values[:, 1]).rad2deg_()
         angle.add_(no_normal[:, rows].to(angle.dtype), alpha=90.0)  # no normal: 180°
-        out[:, 2, rows] = matlab_uint8(angle.add_(ANGLE_OFFSET_DEG))
-        out[:, 0, rows] = matlab_uint8(DISPARITY_SCALE_CM / z_cm.clamp_min(MIN_DEPTH_CM))
+        angle.add_(ANGLE_OFFSET_DEG)
+        out[:, 0::2, rows] = matlab_uint8(values)
         torch.mul(
             torch.addcmul(up + col[:, 2], col[:, 1], ray_y[:, rows]), z_cm, out=height[:, rows]
         ).neg_()

@@ -265,3 +265,49 @@ def test_hha_command_worker_processes(tmp_path: Path) -> None:
         np.save(tmp_path / "depth" / f"{i}.npy", np.full((20, 24), 1.0 + i, np.float32))
     report = precompute_hha(tmp_path, workers=2, depth_format="npy_m", K=K.tolist(), progress=False)
     assert report.written == 4 and len(list((tmp_path / "hha").glob("*.png"))) == 4
+
+
+def _plain_gravity(normals: Tensor) -> Tensor:
+    """The reference ``getYDir`` loop: every pixel re-classified at every iteration, float64."""
+    n = normals.flatten(1).double()
+    y = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    for angle, count in ((45.0, 5), (15.0, 5)):
+        cos_t, sin_t = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        for _ in range(count):
+            sim = (y @ n).abs()
+            w = (sim < sin_t).double() - (sim > cos_t).double()
+            new = torch.linalg.eigh((n * w) @ n.T)[1][:, 0]
+            y = new if float(new @ y) >= 0 else -new
+    return y
+
+
+@pytest.mark.parametrize("tilt", [(0.0, 1.0, 0.0), (0.1, 0.9, 0.4), (-0.3, 0.8, -0.2)])
+def test_banded_gravity_equals_plain_iterations(tilt: tuple[float, float, float]) -> None:
+    """Candidates-only re-classification gives the estimate of the full reference loop."""
+    K = _intrinsics(120, 160)
+    depth, _ = _room(120, 160, K, torch.tensor(tilt))
+    depth = depth * (
+        1 + 0.01 * torch.randn(depth.shape, generator=torch.Generator().manual_seed(0))
+    )
+    normals = square_support_normals(depth.float(), K, 10)
+    ours = estimate_gravity(normals)[0].double()
+    torch.testing.assert_close(ours, _plain_gravity(normals[0]), atol=1e-6, rtol=0)
+
+
+def test_hole_free_shortcut_and_strips_do_not_change_hha(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profile-based mask moments (no missing depth) and the strip size leave HHA unchanged."""
+    import rgbx_fusion.geometry.hha as hha_module
+
+    K = _intrinsics(90, 120)
+    depth, _ = _room(90, 120, K, GRAVITY)
+    depth = depth.float()
+    holes = depth.clone()
+    holes[40:44, 50:60] = 0.0  # one strip takes the general path
+    fast = [depth_to_hha(d, K) for d in (depth, holes)]
+    normals = square_support_normals(depth, K, 10)
+    monkeypatch.setattr(hha_module, "_all_valid", lambda mask: False)
+    torch.testing.assert_close(square_support_normals(depth, K, 10), normals, atol=1e-6, rtol=0)
+    for strip_pixels in (hha_module.STRIP_PIXELS, 1 << 30, 120 * 7):  # default, one, 7 rows
+        monkeypatch.setattr(hha_module, "STRIP_PIXELS", strip_pixels)
+        for d, expected in zip((depth, holes), fast, strict=True):
+            assert torch.equal(depth_to_hha(d, K), expected)
