@@ -242,19 +242,22 @@ def run_hha(args: argparse.Namespace) -> None:
     rows = []
     for h, w in (parse_size(s) for s in args.resolutions.split(",")):
         for batch in (int(b) for b in args.batch.split(",")):
-            seconds = bench_hha(
-                h,
-                w,
-                batch,
-                repeats=max(args.iters, 1),
-                device=args.device,
-                threads=args.hha_threads,
-            )
-            rows.append({"height": h, "width": w, "batch": batch, "ms_per_image": seconds * 1e3})
-            console.print(
-                f"HHA {h}×{w}, batch {batch}, {args.device}, "
-                f"{args.hha_threads or 'all'} thread(s): {seconds * 1e3:.1f} ms/image"
-            )
+            for missing in (float(f) for f in args.hha_missing.split(",")):
+                seconds = bench_hha(
+                    h,
+                    w,
+                    batch,
+                    repeats=max(args.iters, 1),
+                    device=args.device,
+                    threads=args.hha_threads,
+                    missing_fraction=missing,
+                )
+                row = {"height": h, "width": w, "batch": batch, "missing_fraction": missing}
+                rows.append({**row, "ms_per_image": seconds * 1e3})
+                console.print(
+                    f"HHA {h}×{w}, batch {batch}, {missing:.0%} missing, {args.device}, "
+                    f"{args.hha_threads or 'all'} thread(s): {seconds * 1e3:.1f} ms/image"
+                )
     console.print(_load_text())
     _save(args.out, "hha", {"device": args.device, "load": _load_text(), "rows": rows}, rows)
 
@@ -318,4 +321,9 @@ def add_benchmark_parser(sub: Any, default_device: str) -> None:
         help="ms per image of depth_to_hha at --resolutions and --batch, on --device",
     )
     hha.add_argument("--hha-threads", type=int, default=1, help="torch threads (0: all; default 1)")
+    hha.add_argument(
+        "--hha-missing",
+        default="0,0.1",
+        help="fractions of pixels marked missing (0: hole-filled depth; default 0,0.1)",
+    )
     bench.set_defaults(func=run_benchmark)

@@ -109,7 +109,8 @@ def _fit_inputs(depth: Tensor, missing: Tensor | None, pad: int) -> Tensor:
     inputs = depth.new_zeros(depth.shape[0], 2, depth.shape[1] + 2 * pad, depth.shape[2])
     mask = inputs[:, 0, pad : pad + depth.shape[1]]
     mask.copy_(valid)
-    torch.mul(mask, (100.0 * depth.clamp_min(1e-12)).reciprocal_(), out=inputs[:, 1, pad:-pad])
+    inv_z = (100.0 * depth.clamp_min(1e-12)).reciprocal_()
+    torch.mul(mask, inv_z, out=inputs[:, 1, pad : pad + depth.shape[1]])
     return inputs
 
 
@@ -281,28 +282,34 @@ def square_support_normals(
 
 def _unit_normals(
     depth: Tensor, K: Tensor, inputs: Tensor, pad: int, fields: tuple[tuple[int, bool], ...]
-) -> list[tuple[Tensor, Tensor]]:
+) -> list[tuple[Tensor, Tensor | None]]:
     """Unit normals of every pixel for each ``(radius, oriented)`` field, strip by strip, and
-    where the window gave no normal. Unoriented fields keep the fit's sign.
+    for oriented fields where the window gave no normal. Unoriented fields keep the fit's sign.
 
     Shape:
-        depth: (B, H, W) -> per field ((B, 3, H, W), (B, H, W) bool)
+        depth: (B, H, W) -> per field ((B, 3, H, W), (B, H, W) bool or None)
     """
     b, h, w = depth.shape
     out = [
-        (depth.new_empty(b, 3, h, w), depth.new_empty(b, h, w, dtype=torch.bool)) for _ in fields
+        (
+            depth.new_empty(b, 3, h, w),
+            depth.new_empty(b, h, w, dtype=torch.bool) if oriented else None,
+        )
+        for _, oriented in fields
     ]
     ray_x, ray_y = _ray_coords(K, h, w)
     radii = tuple(radius for radius, _ in fields)
     for rows in _strips(depth):
         moments = _window_moments(inputs, pad, radii, rows)
-        for (normals, none), (_, oriented), part in zip(out, fields, moments, strict=True):
+        for (normals, none), part in zip(out, moments, strict=True):
             plane = _Plane(part, K, ray_x, ray_y[:, rows])
-            scale = plane.oriented_scale(depth[:, rows]) if oriented else plane.inverse_length()
+            if none is None:
+                scale = plane.inverse_length()
+            else:
+                scale = plane.oriented_scale(depth[:, rows])
+                torch.eq(plane.norm, 0, out=none[:, rows])
             for i, component in enumerate((plane.nx, plane.ny, plane.nz)):
                 torch.mul(component, scale, out=normals[:, i, rows])
-            if oriented:
-                torch.eq(plane.norm, 0, out=none[:, rows])
     return out
 
 
@@ -453,6 +460,7 @@ def depth_to_hha(
     inputs = _fit_inputs(depth, missing, pad)  # shared by both supports
     fields = ((NORMAL_RADIUS, True), (GRAVITY_NORMAL_RADIUS, False))
     (normals, no_normal), (coarse, _) = _unit_normals(depth, K, inputs, pad, fields)
+    assert no_normal is not None
     reach = 1.0 + 1e-5  # unit or zero normals
     gravity = torch.stack(
         [_gravity(n, reach, GRAVITY_ANGLES_DEG, GRAVITY_ITERATIONS) for n in coarse.flatten(2)]
@@ -512,26 +520,36 @@ def bench_hha(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     threads: int | None = 1,
+    missing_fraction: float = 0.0,
 ) -> float:
     """Seconds per image of :func:`depth_to_hha` on a synthetic room (best of ``repeats``).
 
     ``threads`` sets ``torch.set_num_threads`` for the run (restored after); one thread per
-    process is also what ``rgbx-fusion hha --workers N`` uses.
+    process is also what ``rgbx-fusion hha --workers N`` uses. ``missing_fraction`` marks that
+    share of random pixels as missing (a raw-depth mask), which takes the general path of the
+    plane fits; 0 is hole-filled depth.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
+    generator = torch.Generator().manual_seed(0)
     v = torch.arange(height, dtype=torch.float32)[:, None]
     u = torch.arange(width, dtype=torch.float32)[None, :]
-    depth = (2.0 + 0.002 * v + 0.001 * u + 0.01 * torch.rand(batch, height, width)).to(device)
+    noise = torch.rand(batch, height, width, generator=generator)
+    depth = (2.0 + 0.002 * v + 0.001 * u + 0.01 * noise).to(device)
+    missing = None
+    if missing_fraction > 0:
+        missing = (torch.rand(batch, height, width, generator=generator) < missing_fraction).to(
+            device
+        )
     K = torch.tensor([[518.86, 0, width / 2], [0, 519.47, height / 2], [0, 0, 1.0]])
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = []
     try:
-        depth_to_hha(depth, K, dtype=dtype)  # warm-up
+        depth_to_hha(depth, K, missing, dtype=dtype)  # warm-up
         for _ in range(repeats):
             sync()
             start = time.perf_counter()
-            depth_to_hha(depth, K, dtype=dtype)
+            depth_to_hha(depth, K, missing, dtype=dtype)
             sync()
             times.append(time.perf_counter() - start)
     finally:

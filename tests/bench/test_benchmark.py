@@ -111,5 +111,6 @@ def test_benchmark_hha_reports_ms_per_image(tmp_path: Path) -> None:
     rows = benchmark_report(
         tmp_path, "hha", "--hha", "--resolutions", "48x64", "--batch", "1,2", "--iters", "1"
     )["rows"]
-    assert [(r["height"], r["width"], r["batch"]) for r in rows] == [(48, 64, 1), (48, 64, 2)]
+    cases = [(r["height"], r["width"], r["batch"], r["missing_fraction"]) for r in rows]
+    assert cases == [(48, 64, b, f) for b in (1, 2) for f in (0.0, 0.1)]
     assert all(r["ms_per_image"] > 0 for r in rows)
