@@ -296,7 +296,7 @@ def test_banded_gravity_equals_plain_iterations(tilt: tuple[float, float, float]
 
 def test_hole_free_shortcut_and_strips_do_not_change_hha(monkeypatch: pytest.MonkeyPatch) -> None:
     """Profile-based mask moments (no missing depth) and the strip size leave HHA unchanged."""
-    import rgbx_fusion.geometry.hha as hha_module
+    import rgbx_fusion.geometry.plane_fit as hha_module
 
     K = _intrinsics(90, 120)
     depth, _ = _room(90, 120, K, GRAVITY)
