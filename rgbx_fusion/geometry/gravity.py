@@ -99,10 +99,11 @@ def gravity_with_reach(
 
 
 def _ramp_weight(sim: Tensor, cos_t: float, sin_t: float, band: float) -> Tensor:
-    """+1 (wall) below ``sin_t``, −1 (floor) above ``cos_t``, 0 between, exactly so at a
-    distance of at least ``band`` from both; a linear ramp closer than that.
+    """+1 (wall) below ``sin_t``, −1 (floor) above ``cos_t``, 0 between, exactly so (the ramp
+    saturated twice over, whatever the rounding) at a distance of ``band`` or more from both;
+    a linear ramp within ``band / 2``.
     """
-    steep = 1.0 / band
+    steep = 2.0 / band
     wall = torch.sub(sin_t, sim).mul_(steep).clamp_(0.0, 1.0)
     return wall.sub_(torch.sub(sim, cos_t).mul_(steep).clamp_(0.0, 1.0))
 
