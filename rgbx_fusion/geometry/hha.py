@@ -44,6 +44,7 @@ from rgbx_fusion.geometry.gravity import (
     gravity_with_reach,
 )
 from rgbx_fusion.geometry.plane_fit import (
+    NORMAL_RADIUS,
     as_batch,
     fit_inputs,
     ray_coords,
@@ -62,7 +63,6 @@ __all__ = [
     "square_support_normals",
 ]
 
-NORMAL_RADIUS = 3  # 7×7 support for the angle channel (normalParam.patchSize(1))
 GRAVITY_NORMAL_RADIUS = 10  # 21×21 support for the gravity estimate (patchSize(2))
 DISPARITY_SCALE_CM = 31000.0
 MIN_DEPTH_CM = 100.0

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+NORMAL_RADIUS = 3  # 7×7 support, HHA's angle channel (normalParam.patchSize(1))
 STRIP_PIXELS = 1 << 16
 """Pixels per strip on CPU: per-strip temporaries stay in cache and reuse freed memory."""
 
@@ -214,7 +215,7 @@ class _Plane:
 def square_support_normals(
     depth_m: Tensor,
     K: Tensor,
-    radius: int = 3,
+    radius: int = NORMAL_RADIUS,
     missing: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
