@@ -23,6 +23,7 @@ def estimate_gravity(
     normals: Tensor,
     angles_deg: tuple[float, ...] = GRAVITY_ANGLES_DEG,
     iterations: tuple[int, ...] = GRAVITY_ITERATIONS,
+    reach: float | None = None,
 ) -> Tensor:
     """Gravity direction from a normal field by hard floor/wall assignments (``getYDir``).
 
@@ -45,6 +46,8 @@ def estimate_gravity(
             vectors (no normal) are ignored.
         angles_deg: thresholds, one per round.
         iterations: iterations per round.
+        reach: an upper bound of every ``|n|`` (default: measured; unit normals may pass
+            ``1 + 1e-5`` and save that pass).
 
     Returns:
         Unit gravity direction in the camera frame (pointing down, like ``y0``).
@@ -54,13 +57,18 @@ def estimate_gravity(
     """
     flat = normals.flatten(2)  # (B, 3, HW)
     found = [
-        gravity_with_reach(n, float((n * n).sum(0).amax().sqrt()), angles_deg, iterations)
+        _gravity(
+            n,
+            float((n * n).sum(0).amax().sqrt()) if reach is None else reach,
+            angles_deg,
+            iterations,
+        )
         for n in flat
     ]
     return torch.stack(found).to(normals.dtype)
 
 
-def gravity_with_reach(
+def _gravity(
     n: Tensor, reach: float, angles_deg: tuple[float, ...], iterations: tuple[int, ...]
 ) -> Tensor:
     """:func:`estimate_gravity` of one image, ``reach`` ≥ the largest ``|n|``.

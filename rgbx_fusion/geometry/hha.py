@@ -37,11 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from rgbx_fusion.geometry.gravity import (
-    GRAVITY_ANGLES_DEG,
-    GRAVITY_ITERATIONS,
     estimate_gravity,
     gravity_rotation,
-    gravity_with_reach,
 )
 from rgbx_fusion.geometry.plane_fit import (
     NORMAL_RADIUS,
@@ -86,7 +83,8 @@ def depth_to_hha(
 ) -> Tensor:
     """Encode depth as HHA (disparity, height above floor, angle with gravity), as uint8.
 
-    On CPU the image is processed in strips of rows (:data:`STRIP_PIXELS`), so that the
+    On CPU the image is processed in strips of rows
+    (:data:`rgbx_fusion.geometry.plane_fit.STRIP_PIXELS`), so that the
     plane fits' temporaries stay in cache; the result does not depend on the strips.
 
     Args:
@@ -111,13 +109,7 @@ def depth_to_hha(
     fields = ((NORMAL_RADIUS, True), (GRAVITY_NORMAL_RADIUS, False))
     (normals, no_normal), (coarse, _) = unit_normals(depth, K, inputs, pad, fields)
     assert no_normal is not None
-    reach = 1.0 + 1e-5  # unit or zero normals
-    gravity = torch.stack(
-        [
-            gravity_with_reach(n, reach, GRAVITY_ANGLES_DEG, GRAVITY_ITERATIONS)
-            for n in coarse.flatten(2)
-        ]
-    ).to(dtype)
+    gravity = estimate_gravity(coarse, reach=1.0 + 1e-5)  # unit or zero normals
     col = gravity_rotation(gravity)[:, :, 1, None, None]  # (B, 3, 1, 1)
     g = gravity[:, :, None, None]
     ray_x, ray_y = ray_coords(K, h, w)

@@ -108,9 +108,10 @@ def _window_moments(
     for c, row, radius in zip(cols.split(2, dim=1), kernels.z_rows, radii, strict=True):
         ys = _offset_sums(radius, h, inputs.dtype, inputs.device)[:, rows, None]
         xs = _offset_sums(radius, w, inputs.dtype, inputs.device)[:, None, :]
-        mask = (xs[2] * ys[0], xs[1] * ys[1], xs[1] * ys[0], xs[0] * ys[2], xs[0] * ys[1])
-        z = F.conv2d(c, row, padding=(0, radius)).unbind(1)
-        out.append((*(m[None] for m in mask), (xs[0] * ys[0])[None], *z))
+        # sxx, sxy, sx, syy, sy, s1 as (row profile, column profile) products
+        pairs = ((2, 0), (1, 1), (1, 0), (0, 2), (0, 1), (0, 0))
+        mask = tuple((xs[i] * ys[j])[None] for i, j in pairs)
+        out.append((*mask, *F.conv2d(c, row, padding=(0, radius)).unbind(1)))
     return out
 
 
@@ -158,8 +159,8 @@ def _moment_kernels(
         # rows, from the column sums (m0, m1, m2, z0, z1) to the moments in return order:
         # sxx, sxy, sx, syy, sy, s1, gx, gy, g1 as (input channel, row kernel)
         row = torch.zeros(9, 5, 2 * radius + 1, device=device, dtype=dtype)
-        sources = ((0, d * d), (1, d), (0, d), (2, one), (1, one), (0, one), (3, d), (4, one))
-        for j, (channel, kernel) in enumerate((*sources, (3, one))):
+        sources = ((0, d * d), (1, d), (0, d), (2, one), (1, one), (0, one))  # mask moments
+        for j, (channel, kernel) in enumerate((*sources, (3, d), (4, one), (3, one))):
             row[j, channel] = kernel
         rows.append(row[:, :, None])
     z_col = torch.cat([col[5 * i + 3 : 5 * i + 5, 1:] for i in range(len(radii))])
