@@ -113,6 +113,9 @@ def test_channels_last_matches_contiguous(name: str) -> None:
         got = outputs(module, x.to(memory_format=cl), y.to(memory_format=cl))
     for r, o in zip(ref, got, strict=True):
         torch.testing.assert_close(o, r)
+        # Outputs keep the inputs' layout, so the decoder runs on the one it expects.
+        assert r.is_contiguous(), f"{name}: NCHW inputs gave strides {r.stride()}"
+        assert o.is_contiguous(memory_format=cl), f"{name}: channels_last inputs gave {o.stride()}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -31,7 +31,12 @@ from rgbx_fusion.models.fusion import (
     WeightedSumFusion,
     iAFFFusion,
 )
-from rgbx_fusion.models.fusion.cross_attention import project_tokens
+from rgbx_fusion.models.fusion.cross_attention import (
+    project_to_map,
+    project_tokens,
+    relayout_like,
+    to_tokens,
+)
 
 C = 8
 close = torch.testing.assert_close
@@ -307,3 +312,32 @@ def test_project_tokens_equals_linear_on_concat() -> None:
     close(project_tokens(conv, a, b_), torch.cat([a, b_], -1) @ conv.weight[:, :, 0, 0].T)
     with pytest.raises(ValueError):
         project_tokens(lin, a)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_project_to_map_equals_conv_on_concat_in_the_given_layout(
+    layout: torch.memory_format,
+) -> None:
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 6, 5, 4, generator=g)
+    b_ = torch.randn(2, 3, 5, 4, generator=g)
+    conv = nn.Conv2d(9, 7, 1)
+    like = a.contiguous(memory_format=layout)
+    out = project_to_map(conv, (to_tokens(a), to_tokens(b_)), (5, 4), like)
+    close(out, conv(torch.cat([a, b_], 1)))
+    assert out.is_contiguous(memory_format=layout)
+
+
+def test_relayout_like_moves_the_gradient_back_to_the_input_layout() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 5, 4, generator=g).to(memory_format=torch.channels_last).requires_grad_()
+    nchw = torch.empty(2, 6, 5, 4)
+    y = relayout_like(x, nchw)
+    assert y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
+    close(y, x)
+    upstream = torch.randn(2, 6, 5, 4, generator=g)  # NCHW, as the layers after y give
+    y.backward(upstream)
+    assert x.grad is not None
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    close(x.grad, upstream)
+    assert relayout_like(nchw, nchw) is nchw

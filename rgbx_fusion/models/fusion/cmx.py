@@ -30,10 +30,98 @@ from torch import Tensor, nn
 from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase, check_pair
 from rgbx_fusion.models.fusion.cross_attention import (
     default_heads,
+    matmul_sum,
+    memory_format_of,
+    project_to_map,
     project_tokens,
+    relayout_like,
     to_map,
     to_tokens,
+    tokens_linear,
 )
+
+
+class _MeanMax(torch.autograd.Function):
+    """Global average and max pooling. Shape: (B, C, H, W) -> ((B, C), (B, C)).
+
+    The backward writes the map-sized gradient once: the mean's share broadcast,
+    the max's added at the arg-max (autograd's would divide a broadcast, zero-fill
+    a second map, scatter into it and add the two).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> tuple[Tensor, Tensor]:
+        flat = x.flatten(2)
+        peak, where = flat.max(dim=2)
+        ctx.save_for_backward(where)
+        ctx.meta = (x.shape, memory_format_of(x))  # type: ignore[attr-defined]
+        return flat.mean(dim=2), peak
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: Tensor, g_max: Tensor) -> Tensor:
+        (where,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        shape, fmt = ctx.meta  # type: ignore[attr-defined]
+        grad = torch.empty(shape, dtype=g_mean.dtype, device=g_mean.device, memory_format=fmt)
+        grad.copy_((g_mean / (shape[2] * shape[3]))[..., None, None].expand(shape))
+        # flatten(2) of a contiguous or channels_last map is a view: the scatter lands in grad.
+        grad.flatten(2).scatter_add_(2, where[..., None], g_max[..., None].to(grad.dtype))
+        return grad
+
+
+def _corrected(base: Tensor, other: Tensor, cw: Tensor, sw: Tensor, lc: float, ls: float) -> Tensor:
+    """``base + other ⊙ (lc·cw + ls·sw)`` in two passes, the second in place when all
+    operands share a dtype (so the result's dtype is the one out-of-place ops give)."""
+    out = torch.addcmul(base, other, cw, value=lc)
+    if other.dtype == out.dtype and sw.dtype == out.dtype:
+        return out.addcmul_(other, sw, value=ls)
+    return torch.addcmul(out, other, sw, value=ls)
+
+
+class _CrossOver(torch.autograd.Function):
+    """The FRM's correction of each stream by the other::
+
+        out_1 = x_1 + x_2 ⊙ (λ_c·cw_1 + λ_s·sw_1);  out_2 = x_2 + x_1 ⊙ (λ_c·cw_0 + λ_s·sw_0)
+
+    Forward: two fused multiply-adds per output, no full-size weight map. Backward:
+    one product ``g_i ⊙ x_j`` per side, reduced over H·W for ``cw`` and over C for
+    ``sw``, and two multiply-adds per input gradient (autograd's backward of the
+    four ``addcmul`` takes about twice the full-size passes).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x1: Tensor,
+        x2: Tensor,
+        cw0: Tensor,
+        cw1: Tensor,
+        sw0: Tensor,
+        sw1: Tensor,
+        lambda_c: float,
+        lambda_s: float,
+    ) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x1, x2, cw0, cw1, sw0, sw1)
+        ctx.lambdas = (lambda_c, lambda_s)  # type: ignore[attr-defined]
+        out1 = _corrected(x1, x2, cw1, sw1, lambda_c, lambda_s)
+        return out1, _corrected(x2, x1, cw0, sw0, lambda_c, lambda_s)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, g1: Tensor, g2: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x1, x2, cw0, cw1, sw0, sw1 = ctx.saved_tensors  # type: ignore[attr-defined]
+        lc, ls = ctx.lambdas  # type: ignore[attr-defined]
+
+        def weight_grads(g: Tensor, other: Tensor) -> tuple[Tensor, Tensor]:
+            q = g * other
+            return q.sum(dim=(2, 3), keepdim=True).mul_(lc), q.sum(dim=1, keepdim=True).mul_(ls)
+
+        g_cw1, g_sw1 = weight_grads(g1, x2)
+        g_cw0, g_sw0 = weight_grads(g2, x1)
+        # d out_1 / d x_1 = 1 and d out_2 / d x_1 = λ_c·cw_0 + λ_s·sw_0: the forward's form.
+        g_x1 = _corrected(g1, g2, cw0, sw0, lc, ls)
+        g_x2 = _corrected(g2, g1, cw1, sw1, lc, ls)
+        return g_x1, g_x2, g_cw0, g_cw1, g_sw0, g_sw1, None, None
 
 
 class ChannelWeights(nn.Module):
@@ -50,17 +138,9 @@ class ChannelWeights(nn.Module):
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         # Pooling concat(x1, x2) is pooling each stream: the full 2C map is never built.
-        # Max pooling as in CMX: its backward scatters to the arg-max (amax's compares,
-        # counts and divides over the whole map).
-        pooled = torch.cat(
-            [
-                x1.mean(dim=(2, 3)),
-                x2.mean(dim=(2, 3)),
-                F.adaptive_max_pool2d(x1, 1).flatten(1),
-                F.adaptive_max_pool2d(x2, 1).flatten(1),
-            ],
-            dim=1,
-        )
+        mean1, max1 = cast(tuple[Tensor, Tensor], _MeanMax.apply(x1))
+        mean2, max2 = cast(tuple[Tensor, Tensor], _MeanMax.apply(x2))
+        pooled = torch.cat([mean1, mean2, max1, max2], dim=1)
         w = self.mlp(pooled)[..., None, None]
         cw0, cw1 = w.chunk(2, dim=1)
         return cw0, cw1
@@ -80,7 +160,9 @@ class SpatialWeights(nn.Module):
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         first = cast(nn.Conv2d, self.mlp[0])
-        w1, w2 = first.weight.chunk(2, dim=1)
+        # Contiguous halves: a column slice as weight sends the conv (and its
+        # backward) off mkldnn's fast path, 2× slower.
+        w1, w2 = (w.contiguous() for w in first.weight.chunk(2, dim=1))
         # conv(concat(x1, x2)) as two half-width convs: reads both maps in place.
         hidden = F.conv2d(x1, w1, first.bias) + F.conv2d(x2, w2)
         sw = self.mlp[1:](hidden)
@@ -127,12 +209,23 @@ class FeatureRectify(RectifyBase):
         check_pair(self, x_rgb, x_aux, self.channels)
         cw0, cw1 = self.channel_weights(x_rgb, x_aux)
         sw0, sw1 = self.spatial_weights(x_rgb, x_aux)
-        # Two fused multiply-adds per output; no full-size (B, C, H, W) weight map.
-        out_rgb = torch.addcmul(x_rgb, x_aux, cw1, value=self.lambda_c)
-        out_rgb = torch.addcmul(out_rgb, x_aux, sw1, value=self.lambda_s)
-        out_aux = torch.addcmul(x_aux, x_rgb, cw0, value=self.lambda_c)
-        out_aux = torch.addcmul(out_aux, x_rgb, sw0, value=self.lambda_s)
-        return out_rgb, out_aux
+        out = _CrossOver.apply(x_rgb, x_aux, cw0, cw1, sw0, sw1, self.lambda_c, self.lambda_s)
+        return cast(tuple[Tensor, Tensor], out)
+
+
+class _Gram(torch.autograd.Function):
+    """``uᵀu`` per batch item, whose gradient ``u (g + gᵀ)`` is one matmul (autograd's
+    backward of ``bmm(uᵀ, u)`` takes two and a strided add)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, u: Tensor) -> Tensor:
+        ctx.save_for_backward(u)
+        return torch.bmm(u.transpose(1, 2), u)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (u,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.bmm(u, (grad + grad.transpose(1, 2)).to(u.dtype))
 
 
 class ContextCrossAttention(nn.Module):
@@ -168,7 +261,7 @@ class ContextCrossAttention(nn.Module):
         w_k, w_v = kv.weight.chunk(2, dim=0)
         if u.shape[1] >= u.shape[2]:
             # Many tokens: the C'×C' Gram matrix costs B·N·C'² once, then B·C'³.
-            gram = torch.bmm(u.transpose(1, 2), u)
+            gram = cast(Tensor, _Gram.apply(u))
             ctx = (w_k @ gram @ w_v.t()) * self.scale
         else:
             # Few tokens (deep stages): K and V directly, B·N·C'² each, no C'³ term.
@@ -191,8 +284,8 @@ class CrossPath(nn.Module):
         V_1 = U_1 · ctx_2;  V_2 = U_2 · ctx_1               ctx from ContextCrossAttention
         O_i = LN_i(T_i + [Y_i | V_i] E_iᵀ + e_i)            end_proj_i, norm_i
 
-    Computed as ``[Y_i | U_i] · [E_i,yᵀ ; ctx_j E_i,vᵀ]``: one matmul on the
-    projection output, so neither ``V_i`` nor the concatenation is materialised.
+    Computed as ``Y_i E_i,yᵀ + U_i (ctx_j E_i,vᵀ)``, accumulated into one output:
+    neither ``V_i`` nor the concatenation is materialised.
 
     Shape:
         t1, t2: (B, N, C) -> (B, N, C) each
@@ -210,26 +303,32 @@ class CrossPath(nn.Module):
         self.norm2 = nn.LayerNorm(channels)
 
     @staticmethod
-    def _end(end_proj: nn.Linear, p: Tensor, ctx: Tensor) -> Tensor:
-        e_y, e_v = end_proj.weight.t().chunk(2, dim=0)
-        inner = e_y.shape[0]
-        if p.shape[1] >= inner:
+    def _project(proj: nn.Linear, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Y, U)`` as two matmuls on the weight's row halves: each half gets its own
+        gradient, where slicing one (B, N, 2C') output would zero-fill a full-size
+        gradient for each slice and add them up."""
+        w_y, w_u = proj.weight.chunk(2, dim=0)
+        b_y, b_u = proj.bias.chunk(2, dim=0)
+        # relu_ in place: neither bmm nor the bias add keeps its output for backward.
+        return tokens_linear([w_y], b_y, (t,)).relu_(), tokens_linear([w_u], b_u, (t,)).relu_()
+
+    @staticmethod
+    def _end(end_proj: nn.Linear, y: Tensor, u: Tensor, ctx: Tensor) -> Tensor:
+        e_y, e_v = end_proj.weight.chunk(2, dim=1)  # (C, C') each
+        if u.shape[1] >= u.shape[2]:
             # Fold ctx into the projection (B·C'²·C) instead of building V (B·N·C'²).
-            mixed = torch.cat([e_y.expand(p.shape[0], -1, -1), ctx @ e_v], dim=1)
-            out = torch.bmm(p, mixed)
-        else:
-            out = p[..., :inner] @ e_y + torch.bmm(p[..., inner:], ctx) @ e_v
-        return out.add_(end_proj.bias.to(out.dtype))
+            pairs = [(y, e_y.t().expand(y.shape[0], -1, -1)), (u, ctx @ e_v.t())]
+            out = matmul_sum(pairs)
+            return out.add_(end_proj.bias.to(out.dtype))
+        return tokens_linear([e_y, e_v], end_proj.bias, (y, torch.bmm(u, ctx)))
 
     def forward(self, t1: Tensor, t2: Tensor) -> tuple[Tensor, Tensor]:
-        # relu_ in place: bmm does not keep its output for backward.
-        p1 = project_tokens(self.channel_proj1, t1).relu_()
-        p2 = project_tokens(self.channel_proj2, t2).relu_()
-        inner = p1.shape[-1] // 2
-        ctx1, ctx2 = self.cross_attn(p1[..., inner:], p2[..., inner:])
+        y1, u1 = self._project(self.channel_proj1, t1)
+        y2, u2 = self._project(self.channel_proj2, t2)
+        ctx1, ctx2 = self.cross_attn(u1, u2)
         # Residual out of place (full precision under autocast), contiguous operand first.
-        o1 = self.norm1(self._end(self.end_proj1, p1, ctx2) + t1)
-        o2 = self.norm2(self._end(self.end_proj2, p2, ctx1) + t2)
+        o1 = self.norm1(self._end(self.end_proj1, y1, u1, ctx2) + t1)
+        o2 = self.norm2(self._end(self.end_proj2, y2, u2, ctx1) + t2)
         return o1, o2
 
 
@@ -239,7 +338,7 @@ class ChannelEmbed(nn.Module):
         Z = BN(R [O_1; O_2] + BN_e(W_3 ReLU(DW_3×3(W_0 [O_1; O_2] + b_0)) + b_3))
 
     Shape:
-        o1, o2: (B, N, C) tokens, size (H, W) -> (B, C, H, W), channels_last memory
+        o1, o2: (B, N, C) tokens, size (H, W) -> (B, C, H, W), stored like ``like``
     """
 
     def __init__(self, in_channels: int, out_channels: int, reduction: int = 1) -> None:
@@ -255,13 +354,15 @@ class ChannelEmbed(nn.Module):
         )
         self.norm = nn.BatchNorm2d(out_channels)
 
-    def forward(self, o1: Tensor, o2: Tensor, size: tuple[int, int]) -> Tensor:
-        # The 1×1 convs on [O_1; O_2] run on the tokens as split-weight matmuls; their
-        # outputs are channels_last maps, which the 3×3 conv and BN take without copies.
-        residual = to_map(project_tokens(self.residual, o1, o2), size)
+    def forward(self, o1: Tensor, o2: Tensor, size: tuple[int, int], like: Tensor) -> Tensor:
+        # The 1×1 convs on [O_1; O_2] run on the tokens as split-weight matmuls. The
+        # embedding branch is a channels_last map (the depthwise conv's fast layout),
+        # moved to the layout of ``like`` at its end, gradient included; the residual
+        # comes out in that layout directly. Every batch norm sees one layout.
+        residual = project_to_map(self.residual, (o1, o2), size, like)
         first = cast(nn.Conv2d, self.channel_embed[0])
         embed = self.channel_embed[1:](to_map(project_tokens(first, o1, o2), size))
-        return self.norm(residual + embed)
+        return self.norm(residual + relayout_like(embed, like))
 
 
 class CMXFusion(FusionBase):
@@ -269,8 +370,8 @@ class CMXFusion(FusionBase):
 
     Equation: ``(O_rgb, O_aux) = CrossPath(T_rgb, T_aux)`` (:class:`CrossPath`,
     :class:`ContextCrossAttention`), then ``Z = ChannelEmbed([O_rgb; O_aux])``
-    (:class:`ChannelEmbed`). The output is an NCHW tensor in ``channels_last``
-    memory; ``channels_last`` inputs are read in place too.
+    (:class:`ChannelEmbed`). The output is stored like the inputs (NCHW or
+    ``channels_last``); both layouts are read in place.
 
     Args:
         channels: channel count ``C`` of both inputs and of the output.
@@ -294,4 +395,4 @@ class CMXFusion(FusionBase):
         check_pair(self, x_rgb, x_aux, self.channels)
         size = (x_rgb.shape[-2], x_rgb.shape[-1])
         o_rgb, o_aux = self.cross(to_tokens(x_rgb), to_tokens(x_aux))
-        return self.channel_emb(o_rgb, o_aux, size)
+        return self.channel_emb(o_rgb, o_aux, size, x_rgb)

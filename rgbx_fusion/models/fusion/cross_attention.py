@@ -2,8 +2,10 @@
 
 Layout: an NCHW map ``x`` is read as tokens through the view
 ``x.flatten(2).transpose(1, 2)`` (B, N, C), N = H·W, without copying. Token
-outputs are returned to NCHW by the inverse view, which is an NCHW tensor in
-``channels_last`` memory; convolutions and element-wise ops accept it as is.
+outputs inside a fusion are returned to NCHW by the inverse view, an NCHW tensor
+in ``channels_last`` memory that convolutions and element-wise ops accept as is.
+A fusion's result is stored like its inputs (:func:`project_to_map`): the layers
+after it then run on the layout they were built for.
 """
 
 from __future__ import annotations
@@ -25,6 +27,30 @@ def to_map(tokens: Tensor, size: tuple[int, int]) -> Tensor:
     return tokens.transpose(1, 2).unflatten(2, size)
 
 
+def _weight_parts(layer: nn.Linear | nn.Conv2d, parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The (C_out, C_i) column blocks of ``layer``'s weight that act on each token part."""
+    if isinstance(layer, nn.Conv2d) and layer.kernel_size != (1, 1):
+        raise ValueError(f"only 1x1 convolutions act on tokens, got {layer.kernel_size}")
+    weight = layer.weight.flatten(1)
+    widths = [part.shape[-1] for part in parts]
+    if sum(widths) != weight.shape[1]:
+        raise ValueError(f"token parts have {widths} channels, the layer takes {weight.shape[1]}")
+    return weight.split(widths, dim=1)
+
+
+def matmul_sum(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``Σ_i a_i @ b_i`` for batched operands, accumulated into the first product.
+
+    In place is safe: neither bmm nor baddbmm saves its output for backward. The
+    casts match autocast, which picks the output dtype for bmm but skips in-place ops.
+    """
+    (a0, b0), *rest = pairs
+    out = torch.bmm(a0, b0)
+    for a, b in rest:
+        out = out.baddbmm_(a.to(out.dtype), b.to(out.dtype))
+    return out
+
+
 def project_tokens(layer: nn.Linear | nn.Conv2d, *parts: Tensor) -> Tensor:
     """``layer`` (a Linear or a 1×1 conv) applied to the channel concatenation of token parts.
 
@@ -37,21 +63,88 @@ def project_tokens(layer: nn.Linear | nn.Conv2d, *parts: Tensor) -> Tensor:
     Shape:
         parts: (B, N, C_i) each, sum of C_i = input channels of ``layer`` -> (B, N, C_out)
     """
-    if isinstance(layer, nn.Conv2d) and layer.kernel_size != (1, 1):
-        raise ValueError(f"only 1x1 convolutions act on tokens, got {layer.kernel_size}")
-    weight_t = layer.weight.flatten(1).t()
-    widths = [part.shape[-1] for part in parts]
-    if sum(widths) != weight_t.shape[0]:
-        raise ValueError(f"token parts have {widths} channels, the layer takes {weight_t.shape[0]}")
+    return tokens_linear(_weight_parts(layer, parts), layer.bias, parts)
+
+
+def tokens_linear(
+    weights: tuple[Tensor, ...] | list[Tensor], bias: Tensor | None, parts: tuple[Tensor, ...]
+) -> Tensor:
+    """``Σ_i parts_i · weights_iᵀ + bias``, weights_i (C_out, C_i), as in :func:`project_tokens`."""
     batch = parts[0].shape[0]
-    slices = weight_t.split(widths, dim=0)
-    out = torch.bmm(parts[0], slices[0].expand(batch, -1, -1))
-    # In place is safe: neither bmm nor baddbmm saves its output for backward. The
-    # casts match autocast, which picks out's dtype for bmm but skips in-place ops.
-    dtype = out.dtype
-    for part, w in zip(parts[1:], slices[1:], strict=True):
-        out = out.baddbmm_(part.to(dtype), w.to(dtype).expand(batch, -1, -1))
-    return out if layer.bias is None else out.add_(layer.bias.to(dtype))
+    out = matmul_sum(
+        [(p, w.t().expand(batch, -1, -1)) for p, w in zip(parts, weights, strict=True)]
+    )
+    return out if bias is None else out.add_(bias.to(out.dtype))
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """Whether a 4-D map is stored ``channels_last`` (and not also plain contiguous)."""
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels_last map, else ``torch.contiguous_format``."""
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+class _Relayout(torch.autograd.Function):
+    """Copy into a memory format; the backward copies the gradient back to the input's."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, fmt: torch.memory_format
+    ) -> Tensor:
+        ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
+        return x.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.contiguous(memory_format=ctx.source), None  # type: ignore[attr-defined]
+
+
+def relayout_like(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` stored like ``like``, with its gradient stored like ``x``.
+
+    ``x.contiguous(memory_format=...)`` hands the incoming gradient back unchanged,
+    so the layers before it would see gradients in the other layout: batch norm's
+    backward with input and gradient in different layouts is 5–25× slower on CPU
+    than with matching ones. Free when ``x`` is already stored like ``like``.
+    """
+    fmt = memory_format_of(like)
+    if memory_format_of(x) == fmt and x.is_contiguous(memory_format=fmt):
+        return x
+    out: Tensor = _Relayout.apply(x, fmt)
+    return out
+
+
+def project_to_map(
+    layer: nn.Linear | nn.Conv2d, parts: tuple[Tensor, ...], size: tuple[int, int], like: Tensor
+) -> Tensor:
+    """:func:`project_tokens` returned as a map stored like ``like`` (NCHW or channels_last).
+
+    For an NCHW result the product is taken the other way round, ``W · [parts]ᵀ``,
+    on the transposed token views: the (B, C_out, N) output is the NCHW map, with no
+    layout copy. Fusions return their inputs' layout this way, so that the decoder
+    after them runs on the layout it would get from plain fusion.
+
+    Shape:
+        parts: (B, N, C_i) each, N = H·W -> (B, C_out, H, W)
+    """
+    if is_channels_last(like):
+        return to_map(project_tokens(layer, *parts), size)
+    batch = parts[0].shape[0]
+    weights = _weight_parts(layer, parts)
+    pairs = [
+        (w.expand(batch, -1, -1), p.transpose(1, 2)) for p, w in zip(parts, weights, strict=True)
+    ]
+    out = matmul_sum(pairs)
+    if layer.bias is not None:
+        out = out.add_(layer.bias.to(out.dtype)[:, None])
+    return out.unflatten(2, size)
 
 
 def default_heads(channels: int) -> int:
@@ -132,8 +225,9 @@ class CrossAttentionFusion(FusionBase):
     keys/values are reduced by a strided conv of ratio ``sr_ratio``. Cost per
     direction is O(N · N / sr_ratio² · C).
 
-    The output is returned in ``channels_last`` memory (a view of the token
-    layout); ``channels_last`` inputs also spare the one copy the pre-norms need.
+    The output is stored like the inputs (NCHW or ``channels_last``, see
+    :func:`project_to_map`); ``channels_last`` inputs also spare the one copy the
+    pre-norms need.
 
     Args:
         channels: channel count ``C`` of both inputs and of the output.
@@ -167,7 +261,7 @@ class CrossAttentionFusion(FusionBase):
         # the contiguous operand goes first so that the sum is contiguous too.
         y_rgb = self.rgb_from_aux(n_rgb, n_aux, size) + t_rgb
         y_aux = self.aux_from_rgb(n_aux, n_rgb, size) + t_aux
-        return to_map(project_tokens(self.fuse, y_rgb, y_aux), size)
+        return project_to_map(self.fuse, (y_rgb, y_aux), size, x_rgb)
 
     def extra_repr(self) -> str:
         attn = self.rgb_from_aux
