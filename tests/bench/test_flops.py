@@ -22,3 +22,18 @@ def test_parse_size() -> None:
     assert parse_size("120x160") == (120, 160)
     with pytest.raises(ValueError, match="120x160"):
         parse_size("120by160")
+
+
+def test_split_weight_projections_count_every_product() -> None:
+    # project_tokens sums per-part products with an in-place baddbmm_, which PyTorch's
+    # counter does not list: the count must still equal that of one Linear on the concat.
+    from rgbx_fusion.models.fusion.cross_attention import project_tokens
+
+    lin = nn.Linear(12, 5, bias=False)
+
+    class Split(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return project_tokens(lin, a, b)
+
+    a, b = torch.randn(2, 30, 4), torch.randn(2, 30, 8)
+    assert count_flops(Split(), a, b) == 2 * 2 * 30 * 12 * 5
