@@ -36,6 +36,7 @@ from rgbx_fusion.models.fusion.cross_attention import (
     project_tokens,
     relayout_like,
     to_tokens,
+    tokens_of,
 )
 
 C = 8
@@ -341,3 +342,14 @@ def test_relayout_like_moves_the_gradient_back_to_the_input_layout() -> None:
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
     close(x.grad, upstream)
     assert relayout_like(nchw, nchw) is nchw
+
+
+def test_tokens_of_returns_the_gradient_in_the_maps_layout() -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 6, 5, 4, generator=g).requires_grad_()
+    tokens = tokens_of(x)
+    close(tokens, to_tokens(x))
+    upstream = torch.randn(2, 20, 6, generator=g)  # contiguous tokens, as token layers give
+    tokens.backward(upstream)
+    assert x.grad is not None and x.grad.is_contiguous()
+    close(x.grad, upstream.transpose(1, 2).reshape(2, 6, 5, 4))

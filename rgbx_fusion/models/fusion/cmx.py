@@ -40,8 +40,8 @@ from rgbx_fusion.models.fusion.cross_attention import (
     project_tokens,
     relayout_like,
     to_map,
-    to_tokens,
     tokens_linear,
+    tokens_of,
 )
 
 
@@ -398,5 +398,5 @@ class CMXFusion(FusionBase):
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> Tensor:
         check_pair(self, x_rgb, x_aux, self.channels)
         size = (x_rgb.shape[-2], x_rgb.shape[-1])
-        o_rgb, o_aux = self.cross(to_tokens(x_rgb), to_tokens(x_aux))
+        o_rgb, o_aux = self.cross(tokens_of(x_rgb), tokens_of(x_aux))
         return self.channel_emb(o_rgb, o_aux, size, x_rgb)

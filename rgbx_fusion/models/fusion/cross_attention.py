@@ -10,6 +10,8 @@ after it then run on the layout they were built for.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -119,6 +121,32 @@ def relayout_like(x: Tensor, like: Tensor) -> Tensor:
         return x
     out: Tensor = _Relayout.apply(x, fmt)
     return out
+
+
+class _GradLayout(torch.autograd.Function):
+    """Identity whose backward stores the gradient like the input."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=ctx.source)  # type: ignore[attr-defined]
+
+
+def tokens_of(x: Tensor) -> Tensor:
+    """:func:`to_tokens` whose gradient reaches ``x`` stored like ``x``.
+
+    Gradients through the token view come back as contiguous tokens, a channels_last
+    map: added to the NCHW gradient that the same map receives elsewhere (the next
+    backbone stage), and used by the layers before it, they would cost transposing
+    passes. One copy into the map's own layout replaces them.
+    """
+    if not (torch.is_grad_enabled() and x.requires_grad) or is_channels_last(x):
+        return to_tokens(x)
+    return to_tokens(cast(Tensor, _GradLayout.apply(x)))
 
 
 def project_to_map(
