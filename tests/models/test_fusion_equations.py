@@ -356,3 +356,39 @@ def test_tokens_of_returns_the_gradient_in_the_maps_layout() -> None:
     tokens.backward(upstream)
     assert seen[0].is_contiguous(), f"gradient strides {seen[0].stride()}"
     close(seen[0], upstream.transpose(1, 2).reshape(2, 6, 5, 4))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_frm_hand_written_backwards_match_autograd(layout: torch.memory_format) -> None:
+    from rgbx_fusion.models.fusion.rectify_ops import CrossOver, MeanMax
+
+    g = torch.Generator().manual_seed(7)
+
+    def leaf(*shape: int) -> Tensor:
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+        t = t.contiguous(memory_format=layout) if t.dim() == 4 and shape[1] > 1 else t
+        return t.requires_grad_()
+
+    x1, x2 = leaf(2, 5, 4, 3), leaf(2, 5, 4, 3)
+    cw0, cw1, sw0, sw1 = leaf(2, 5, 1, 1), leaf(2, 5, 1, 1), leaf(2, 1, 4, 3), leaf(2, 1, 4, 3)
+    inputs = (x1, x2, cw0, cw1, sw0, sw1)
+    up = [torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64) for _ in range(4)]
+
+    def reference() -> list[Tensor]:
+        out1 = x1 + 0.5 * cw1 * x2 + 0.3 * sw1 * x2
+        out2 = x2 + 0.5 * cw0 * x1 + 0.3 * sw0 * x1
+        flat = x1.flatten(2)
+        mean, peak = flat.mean(2), flat.amax(2)
+        loss = (out1 * up[0]).sum() + (out2 * up[1]).sum()
+        loss = loss + (mean * up[2][:, :, 0, 0]).sum() + (peak * up[3][:, :, 0, 0]).sum()
+        return list(torch.autograd.grad(loss, inputs))
+
+    def ours() -> list[Tensor]:
+        out1, out2 = CrossOver.apply(*inputs, 0.5, 0.3)
+        mean, peak = MeanMax.apply(x1)
+        loss = (out1 * up[0]).sum() + (out2 * up[1]).sum()
+        loss = loss + (mean * up[2][:, :, 0, 0]).sum() + (peak * up[3][:, :, 0, 0]).sum()
+        return list(torch.autograd.grad(loss, inputs))
+
+    for r, o in zip(reference(), ours(), strict=True):
+        close(o, r)

@@ -19,8 +19,9 @@ The FFM is computed with the same algebra in a cheaper order (see
 no per-head reshapes and no concatenation of full-size maps. Its output is
 stored like its inputs, and every batch norm sees input and gradient in one
 layout (mixed layouts make batch norm's CPU backward 5–25× slower). The FRM's
-pooling and cross-over have hand-written backwards (:class:`_MeanMax`,
-:class:`_CrossOver`) that make about half the full-size passes of autograd's.
+pooling and cross-over have hand-written backwards
+(:mod:`~rgbx_fusion.models.fusion.rectify_ops`) that make about half the
+full-size passes of autograd's.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase, check_pair
 from rgbx_fusion.models.fusion.cross_attention import (
     default_heads,
     matmul_sum,
-    memory_format_of,
     project_to_map,
     project_tokens,
     relayout_like,
@@ -43,89 +43,7 @@ from rgbx_fusion.models.fusion.cross_attention import (
     tokens_linear,
     tokens_of,
 )
-
-
-class _MeanMax(torch.autograd.Function):
-    """Global average and max pooling. Shape: (B, C, H, W) -> ((B, C), (B, C)).
-
-    The backward writes the map-sized gradient once: the mean's share broadcast,
-    the max's added at the arg-max (autograd's would divide a broadcast, zero-fill
-    a second map, scatter into it and add the two).
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> tuple[Tensor, Tensor]:
-        flat = x.flatten(2)
-        peak, where = flat.max(dim=2)
-        ctx.save_for_backward(where)
-        ctx.meta = (x.shape, memory_format_of(x))  # type: ignore[attr-defined]
-        return flat.mean(dim=2), peak
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: Tensor, g_max: Tensor) -> Tensor:
-        (where,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        shape, fmt = ctx.meta  # type: ignore[attr-defined]
-        grad = torch.empty(shape, dtype=g_mean.dtype, device=g_mean.device, memory_format=fmt)
-        grad.copy_((g_mean / (shape[2] * shape[3]))[..., None, None].expand(shape))
-        # flatten(2) of a contiguous or channels_last map is a view: the scatter lands in grad.
-        grad.flatten(2).scatter_add_(2, where[..., None], g_max[..., None].to(grad.dtype))
-        return grad
-
-
-def _corrected(base: Tensor, other: Tensor, cw: Tensor, sw: Tensor, lc: float, ls: float) -> Tensor:
-    """``base + other ⊙ (lc·cw + ls·sw)`` in two passes, the second in place when all
-    operands share a dtype (so the result's dtype is the one out-of-place ops give)."""
-    out = torch.addcmul(base, other, cw, value=lc)
-    if other.dtype == out.dtype and sw.dtype == out.dtype:
-        return out.addcmul_(other, sw, value=ls)
-    return torch.addcmul(out, other, sw, value=ls)
-
-
-class _CrossOver(torch.autograd.Function):
-    """The FRM's correction of each stream by the other::
-
-        out_1 = x_1 + x_2 ⊙ (λ_c·cw_1 + λ_s·sw_1);  out_2 = x_2 + x_1 ⊙ (λ_c·cw_0 + λ_s·sw_0)
-
-    Forward: two fused multiply-adds per output, no full-size weight map. Backward:
-    one product ``g_i ⊙ x_j`` per side, reduced over H·W for ``cw`` and over C for
-    ``sw``, and two multiply-adds per input gradient (autograd's backward of the
-    four ``addcmul`` takes about twice the full-size passes).
-    """
-
-    @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx,
-        x1: Tensor,
-        x2: Tensor,
-        cw0: Tensor,
-        cw1: Tensor,
-        sw0: Tensor,
-        sw1: Tensor,
-        lambda_c: float,
-        lambda_s: float,
-    ) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(x1, x2, cw0, cw1, sw0, sw1)
-        ctx.lambdas = (lambda_c, lambda_s)  # type: ignore[attr-defined]
-        out1 = _corrected(x1, x2, cw1, sw1, lambda_c, lambda_s)
-        return out1, _corrected(x2, x1, cw0, sw0, lambda_c, lambda_s)
-
-    @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, g1: Tensor, g2: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        x1, x2, cw0, cw1, sw0, sw1 = ctx.saved_tensors  # type: ignore[attr-defined]
-        lc, ls = ctx.lambdas  # type: ignore[attr-defined]
-
-        def weight_grads(g: Tensor, other: Tensor) -> tuple[Tensor, Tensor]:
-            q = g * other
-            return q.sum(dim=(2, 3), keepdim=True).mul_(lc), q.sum(dim=1, keepdim=True).mul_(ls)
-
-        g_cw1, g_sw1 = weight_grads(g1, x2)
-        g_cw0, g_sw0 = weight_grads(g2, x1)
-        # d out_1 / d x_1 = 1 and d out_2 / d x_1 = λ_c·cw_0 + λ_s·sw_0: the forward's form.
-        g_x1 = _corrected(g1, g2, cw0, sw0, lc, ls)
-        g_x2 = _corrected(g2, g1, cw1, sw1, lc, ls)
-        return g_x1, g_x2, g_cw0, g_cw1, g_sw0, g_sw1, None, None
+from rgbx_fusion.models.fusion.rectify_ops import CrossOver, MeanMax
 
 
 class ChannelWeights(nn.Module):
@@ -142,8 +60,8 @@ class ChannelWeights(nn.Module):
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         # Pooling concat(x1, x2) is pooling each stream: the full 2C map is never built.
-        mean1, max1 = cast(tuple[Tensor, Tensor], _MeanMax.apply(x1))
-        mean2, max2 = cast(tuple[Tensor, Tensor], _MeanMax.apply(x2))
+        mean1, max1 = cast(tuple[Tensor, Tensor], MeanMax.apply(x1))
+        mean2, max2 = cast(tuple[Tensor, Tensor], MeanMax.apply(x2))
         pooled = torch.cat([mean1, mean2, max1, max2], dim=1)
         w = self.mlp(pooled)[..., None, None]
         cw0, cw1 = w.chunk(2, dim=1)
@@ -213,7 +131,7 @@ class FeatureRectify(RectifyBase):
         check_pair(self, x_rgb, x_aux, self.channels)
         cw0, cw1 = self.channel_weights(x_rgb, x_aux)
         sw0, sw1 = self.spatial_weights(x_rgb, x_aux)
-        out = _CrossOver.apply(x_rgb, x_aux, cw0, cw1, sw0, sw1, self.lambda_c, self.lambda_s)
+        out = CrossOver.apply(x_rgb, x_aux, cw0, cw1, sw0, sw1, self.lambda_c, self.lambda_s)
         return cast(tuple[Tensor, Tensor], out)
 
 
