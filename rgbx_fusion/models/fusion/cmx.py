@@ -240,8 +240,7 @@ class CrossPath(nn.Module):
         if u.shape[1] >= u.shape[2]:
             # Fold ctx into the projection (B·C'²·C) instead of building V (B·N·C'²).
             pairs = [(y, e_y.t().expand(y.shape[0], -1, -1)), (u, ctx @ e_v.t())]
-            out = matmul_sum(pairs)
-            return out.add_(end_proj.bias.to(out.dtype))
+            return matmul_sum(pairs, end_proj.bias)
         return tokens_linear([e_y, e_v], end_proj.bias, (y, torch.bmm(u, ctx)))
 
     def forward(self, t1: Tensor, t2: Tensor) -> tuple[Tensor, Tensor]:

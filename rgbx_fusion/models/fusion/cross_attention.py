@@ -40,8 +40,8 @@ def _weight_parts(layer: nn.Linear | nn.Conv2d, parts: tuple[Tensor, ...]) -> tu
     return weight.split(widths, dim=1)
 
 
-def matmul_sum(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """``Σ_i a_i @ b_i`` for batched operands, accumulated into the first product.
+def matmul_sum(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None = None) -> Tensor:
+    """``Σ_i a_i @ b_i (+ bias)`` for batched operands, accumulated into the first product.
 
     In place is safe: neither bmm nor baddbmm saves its output for backward. The
     casts match autocast, which picks the output dtype for bmm but skips in-place ops.
@@ -50,7 +50,7 @@ def matmul_sum(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
     out = torch.bmm(a0, b0)
     for a, b in rest:
         out = out.baddbmm_(a.to(out.dtype), b.to(out.dtype))
-    return out
+    return out if bias is None else out.add_(bias.to(out.dtype))
 
 
 def project_tokens(layer: nn.Linear | nn.Conv2d, *parts: Tensor) -> Tensor:
@@ -73,10 +73,8 @@ def tokens_linear(
 ) -> Tensor:
     """``Σ_i parts_i · weights_iᵀ + bias``, weights_i (C_out, C_i), as in :func:`project_tokens`."""
     batch = parts[0].shape[0]
-    out = matmul_sum(
-        [(p, w.t().expand(batch, -1, -1)) for p, w in zip(parts, weights, strict=True)]
-    )
-    return out if bias is None else out.add_(bias.to(out.dtype))
+    pairs = [(p, w.t().expand(batch, -1, -1)) for p, w in zip(parts, weights, strict=True)]
+    return matmul_sum(pairs, bias)
 
 
 def is_channels_last(x: Tensor) -> bool:
@@ -101,7 +99,8 @@ class _Relayout(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, x: Tensor, fmt: torch.memory_format
     ) -> Tensor:
         ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
-        return x.contiguous(memory_format=fmt)
+        out = x.contiguous(memory_format=fmt)
+        return x.view_as(x) if out is x else out  # a function's output must be a new tensor
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
@@ -117,23 +116,10 @@ def relayout_like(x: Tensor, like: Tensor) -> Tensor:
     than with matching ones. Free when ``x`` is already stored like ``like``.
     """
     fmt = memory_format_of(like)
-    if memory_format_of(x) == fmt and x.is_contiguous(memory_format=fmt):
+    if x.is_contiguous(memory_format=fmt):
         return x
     out: Tensor = _Relayout.apply(x, fmt)
     return out
-
-
-class _GradLayout(torch.autograd.Function):
-    """Identity whose backward stores the gradient like the input."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        return grad.contiguous(memory_format=ctx.source)  # type: ignore[attr-defined]
 
 
 def tokens_of(x: Tensor) -> Tensor:
@@ -146,7 +132,7 @@ def tokens_of(x: Tensor) -> Tensor:
     """
     if not (torch.is_grad_enabled() and x.requires_grad) or is_channels_last(x):
         return to_tokens(x)
-    return to_tokens(cast(Tensor, _GradLayout.apply(x)))
+    return to_tokens(cast(Tensor, _Relayout.apply(x, memory_format_of(x))))
 
 
 def project_to_map(
@@ -169,10 +155,8 @@ def project_to_map(
     pairs = [
         (w.expand(batch, -1, -1), p.transpose(1, 2)) for p, w in zip(parts, weights, strict=True)
     ]
-    out = matmul_sum(pairs)
-    if layer.bias is not None:
-        out = out.add_(layer.bias.to(out.dtype)[:, None])
-    return out.unflatten(2, size)
+    bias = None if layer.bias is None else layer.bias[:, None]
+    return matmul_sum(pairs, bias).unflatten(2, size)
 
 
 def default_heads(channels: int) -> int:
