@@ -34,7 +34,7 @@ from rgbx_fusion.models.fusion import (
 from rgbx_fusion.models.fusion.cross_attention import (
     project_to_map,
     project_tokens,
-    relayout_like,
+    to_map,
     to_tokens,
     tokens_of,
 )
@@ -329,19 +329,34 @@ def test_project_to_map_equals_conv_on_concat_in_the_given_layout(
     assert out.is_contiguous(memory_format=layout)
 
 
-def test_relayout_like_moves_the_gradient_back_to_the_input_layout() -> None:
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 6, 5, 4, generator=g).to(memory_format=torch.channels_last).requires_grad_()
-    nchw = torch.empty(2, 6, 5, 4)
-    y = relayout_like(x, nchw)
-    assert y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
-    close(y, x)
-    upstream = torch.randn(2, 6, 5, 4, generator=g)  # NCHW, as the layers after y give
-    y.backward(upstream)
-    assert x.grad is not None
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    close(x.grad, upstream)
-    assert relayout_like(nchw, nchw) is nchw
+def test_project_to_map_gradients_come_back_stored_like_each_part() -> None:
+    g = torch.Generator().manual_seed(8)
+    conv = nn.Conv2d(9, 7, 1).double()
+    leaves = [
+        torch.randn(2, 20, 6, generator=g, dtype=torch.float64).requires_grad_(),
+        torch.randn(2, 3, 20, generator=g, dtype=torch.float64).requires_grad_(),
+    ]
+    # Non-leaf parts, as in a network: their gradients are passed on as computed.
+    token_major, channel_major = (leaf * 1.0 for leaf in leaves)
+    seen: list[Tensor] = []
+    token_major.register_hook(seen.append)
+    channel_major.register_hook(seen.append)
+    parts = (token_major, channel_major.transpose(1, 2))  # the second: an NCHW map's view
+    like = torch.empty(2, 7, 5, 4, dtype=torch.float64)
+    upstream = torch.randn(2, 7, 5, 4, generator=g, dtype=torch.float64)
+    project_to_map(conv, parts, (5, 4), like).backward(upstream, retain_graph=True)
+    passed_on = list(seen)
+    mine = [*(leaf.grad for leaf in leaves), conv.weight.grad, conv.bias.grad]
+    for t in (*leaves, conv.weight, conv.bias):
+        t.grad = None
+    conv(torch.cat([to_map(p, (5, 4)) for p in parts], 1)).backward(upstream)
+    refs = [*(leaf.grad for leaf in leaves), conv.weight.grad, conv.bias.grad]
+    for a, b in zip(mine, refs, strict=True):
+        assert a is not None and b is not None
+        close(a, b)
+    # autograd's bmm backward gives the token-major part a transposed gradient
+    assert len(passed_on) == 2
+    assert all(s.is_contiguous() for s in passed_on), [s.stride() for s in passed_on]
 
 
 def test_tokens_of_returns_the_gradient_in_the_maps_layout() -> None:

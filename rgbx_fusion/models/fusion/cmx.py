@@ -18,10 +18,12 @@ The FFM is computed with the same algebra in a cheaper order (see
 :class:`ContextCrossAttention` and :class:`CrossPath`): no token permutes,
 no per-head reshapes and no concatenation of full-size maps. Its output is
 stored like its inputs, and every batch norm sees input and gradient in one
-layout (mixed layouts make batch norm's CPU backward 5–25× slower). The FRM's
-pooling and cross-over have hand-written backwards
-(:mod:`~rgbx_fusion.models.fusion.rectify_ops`) that make about half the
-full-size passes of autograd's.
+layout (mixed layouts make batch norm's CPU backward 5–25× slower). Every 1×1
+conv runs as a matmul on token views, writing its result in the layout asked for
+and returning gradients in its inputs' layouts (:func:`project_to_map`), so no
+layout copy is made inside the FFM. The FRM's pooling and cross-over have
+hand-written backwards (:mod:`~rgbx_fusion.models.fusion.rectify_ops`) that make
+about half the full-size passes of autograd's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase, check_pair
@@ -38,8 +39,8 @@ from rgbx_fusion.models.fusion.cross_attention import (
     matmul_sum,
     project_to_map,
     project_tokens,
-    relayout_like,
     to_map,
+    to_tokens,
     tokens_linear,
     tokens_of,
 )
@@ -81,13 +82,15 @@ class SpatialWeights(nn.Module):
         )
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-        first = cast(nn.Conv2d, self.mlp[0])
-        # Contiguous halves: a column slice as weight sends the conv (and its
-        # backward) off mkldnn's fast path, 2× slower.
-        w1, w2 = (w.contiguous() for w in first.weight.chunk(2, dim=1))
-        # conv(concat(x1, x2)) as two half-width convs: reads both maps in place.
-        hidden = F.conv2d(x1, w1, first.bias) + F.conv2d(x2, w2)
-        sw = self.mlp[1:](hidden)
+        first, second = (cast(nn.Conv2d, self.mlp[i]) for i in (0, 2))
+        size = (x1.shape[-2], x1.shape[-1])
+        # The 1×1 convs as matmuls on the maps' token views, stored like x1: conv(concat)
+        # accumulates both halves into one output, and the backward neither zero-fills
+        # nor reorders an input-sized gradient (thnn's 1×1 conv backward does both).
+        # Out-of-place ReLU: in place on the map view of a custom function's output,
+        # autograd would zero-fill and copy a full-size gradient.
+        hidden = project_to_map(first, (to_tokens(x1), to_tokens(x2)), size, x1).relu()
+        sw = project_to_map(second, (to_tokens(hidden),), size, x1).sigmoid()
         sw0, sw1 = sw.chunk(2, dim=1)
         return sw0, sw1
 
@@ -276,14 +279,16 @@ class ChannelEmbed(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, o1: Tensor, o2: Tensor, size: tuple[int, int], like: Tensor) -> Tensor:
-        # The 1×1 convs on [O_1; O_2] run on the tokens as split-weight matmuls. The
-        # embedding branch is a channels_last map (the depthwise conv's fast layout),
-        # moved to the layout of ``like`` at its end, gradient included; the residual
-        # comes out in that layout directly. Every batch norm sees one layout.
+        # The 1×1 convs run on tokens as matmuls: the two on [O_1; O_2] with split
+        # weights, so the concatenation is never built. The depthwise conv runs on a
+        # channels_last map (its fast layout); the last 1×1 conv and the residual write
+        # their results in the layout of ``like``, and their backwards return gradients
+        # in the layout of their inputs. No layout copy; every batch norm sees one layout.
         residual = project_to_map(self.residual, (o1, o2), size, like)
-        first = cast(nn.Conv2d, self.channel_embed[0])
-        embed = self.channel_embed[1:](to_map(project_tokens(first, o1, o2), size))
-        return self.norm(residual + relayout_like(embed, like))
+        first, last = (cast(nn.Conv2d, self.channel_embed[i]) for i in (0, 3))
+        hidden = self.channel_embed[1:3](to_map(project_tokens(first, o1, o2), size))
+        embed = self.channel_embed[4](project_to_map(last, (to_tokens(hidden),), size, like))
+        return self.norm(residual + embed)
 
 
 class CMXFusion(FusionBase):

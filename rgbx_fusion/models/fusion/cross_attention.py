@@ -107,21 +107,6 @@ class _Relayout(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.source), None  # type: ignore[attr-defined]
 
 
-def relayout_like(x: Tensor, like: Tensor) -> Tensor:
-    """``x`` stored like ``like``, with its gradient stored like ``x``.
-
-    ``x.contiguous(memory_format=...)`` hands the incoming gradient back unchanged,
-    so the layers before it would see gradients in the other layout: batch norm's
-    backward with input and gradient in different layouts is 5–25× slower on CPU
-    than with matching ones. Free when ``x`` is already stored like ``like``.
-    """
-    fmt = memory_format_of(like)
-    if x.is_contiguous(memory_format=fmt):
-        return x
-    out: Tensor = _Relayout.apply(x, fmt)
-    return out
-
-
 def tokens_of(x: Tensor) -> Tensor:
     """:func:`to_tokens` whose gradient reaches ``x`` stored like ``x``.
 
@@ -150,13 +135,61 @@ def project_to_map(
     """
     if is_channels_last(like):
         return to_map(project_tokens(layer, *parts), size)
-    batch = parts[0].shape[0]
+    if len(parts) > 2:
+        raise ValueError(f"project_to_map takes one or two token parts, got {len(parts)}")
     weights = _weight_parts(layer, parts)
-    pairs = [
-        (w.expand(batch, -1, -1), p.transpose(1, 2)) for p, w in zip(parts, weights, strict=True)
-    ]
-    bias = None if layer.bias is None else layer.bias[:, None]
-    return matmul_sum(pairs, bias).unflatten(2, size)
+    second = (weights[1], parts[1]) if len(parts) == 2 else (None, None)
+    out: Tensor = _ChannelMajorProduct.apply(layer.bias, weights[0], parts[0], *second)
+    return out.unflatten(2, size)
+
+
+class _ChannelMajorProduct(torch.autograd.Function):
+    """``W_1 · P_1ᵀ (+ W_2 · P_2ᵀ) + b`` for token parts ``P_i`` (B, N, C_i): (B, C_out, N).
+
+    Autograd's backward of the bmm would return each part's gradient as the
+    transpose of a (B, C_i, N) product, a channel-major tensor for token-major
+    parts: the layers before would then copy it back (a layer norm does) or run
+    on mixed layouts (an activation or a depthwise conv; this transpose is the
+    5× slower direction on CPU). Here each gradient is the product taken in the
+    part's own orientation, so it comes out stored like the part, with no copy.
+    One or two parts (a fixed signature, which ``torch.compile`` traces).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        bias: Tensor | None,
+        w1: Tensor,
+        p1: Tensor,
+        w2: Tensor | None,
+        p2: Tensor | None,
+    ) -> Tensor:
+        ctx.save_for_backward(w1, p1, w2, p2)  # type: ignore[arg-type]
+        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
+        batch = p1.shape[0]
+        pairs = [(w1.expand(batch, -1, -1), p1.transpose(1, 2))]
+        if w2 is not None and p2 is not None:
+            pairs.append((w2.expand(batch, -1, -1), p2.transpose(1, 2)))
+        return matmul_sum(pairs, None if bias is None else bias[:, None])
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        w1, p1, w2, p2 = ctx.saved_tensors  # type: ignore[attr-defined]
+        bias_grad = grad.sum(dim=(0, 2)) if ctx.has_bias else None  # type: ignore[attr-defined]
+
+        def grads(w: Tensor | None, p: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+            if w is None or p is None:
+                return None, None
+            w_b = w.to(grad.dtype).expand(grad.shape[0], -1, -1)
+            if p.stride(-1) == 1:  # token-major part: (B, N, C_i) = Gᵀ W
+                part = torch.bmm(grad.transpose(1, 2), w_b)
+            else:  # channel-major part (an NCHW map's token view): (B, C_i, N) = Wᵀ G
+                part = torch.bmm(w_b.transpose(1, 2), grad).transpose(1, 2)
+            return torch.bmm(grad, p.to(grad.dtype)).sum(0), part
+
+        return (bias_grad, *grads(w1, p1), *grads(w2, p2))
 
 
 def default_heads(channels: int) -> int:
