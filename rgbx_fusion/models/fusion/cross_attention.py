@@ -127,11 +127,13 @@ def project_to_map(
 
     For an NCHW result the product is taken the other way round, ``W · [parts]ᵀ``,
     on the transposed token views: the (B, C_out, N) output is the NCHW map, with no
-    layout copy. Fusions return their inputs' layout this way, so that the decoder
-    after them runs on the layout it would get from plain fusion.
+    layout copy, and each part's gradient comes back stored like the part
+    (:class:`_ChannelMajorProduct`). Fusions return their inputs' layout this way,
+    so that the decoder after them runs on the layout it would get from plain fusion.
 
     Shape:
-        parts: (B, N, C_i) each, N = H·W -> (B, C_out, H, W)
+        parts: one or two (B, N, C_i), token-major or the token view of an NCHW map,
+        N = H·W -> (B, C_out, H, W)
     """
     if is_channels_last(like):
         return to_map(project_tokens(layer, *parts), size)
