@@ -359,6 +359,21 @@ def test_project_to_map_gradients_come_back_stored_like_each_part() -> None:
     assert all(s.is_contiguous() for s in passed_on), [s.stride() for s in passed_on]
 
 
+def test_project_to_map_weight_gradients_without_part_gradients() -> None:
+    g = torch.Generator().manual_seed(9)
+    conv = nn.Conv2d(6, 4, 1).double()
+    part = torch.randn(2, 20, 6, generator=g, dtype=torch.float64)  # needs no gradient
+    like = torch.empty(2, 4, 5, 4, dtype=torch.float64)
+    upstream = torch.randn(2, 4, 5, 4, generator=g, dtype=torch.float64)
+    project_to_map(conv, (part,), (5, 4), like).backward(upstream)
+    mine = (conv.weight.grad, conv.bias.grad)
+    conv.weight.grad = conv.bias.grad = None
+    conv(to_map(part, (5, 4))).backward(upstream)
+    for a, b in zip(mine, (conv.weight.grad, conv.bias.grad), strict=True):
+        assert a is not None and b is not None
+        close(a, b)
+
+
 def test_tokens_of_returns_the_gradient_in_the_maps_layout() -> None:
     g = torch.Generator().manual_seed(6)
     leaf = torch.randn(2, 6, 5, 4, generator=g).requires_grad_()

@@ -91,20 +91,17 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
-class _Relayout(torch.autograd.Function):
-    """Copy into a memory format; the backward copies the gradient back to the input's."""
+class _GradLayout(torch.autograd.Function):
+    """Identity whose backward stores the gradient like the input."""
 
     @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx, x: Tensor, fmt: torch.memory_format
-    ) -> Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
         ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
-        out = x.contiguous(memory_format=fmt)
-        return x.view_as(x) if out is x else out  # a function's output must be a new tensor
+        return x.view_as(x)  # a function's output must be a new tensor
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad.contiguous(memory_format=ctx.source), None  # type: ignore[attr-defined]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=ctx.source)  # type: ignore[attr-defined]
 
 
 def tokens_of(x: Tensor) -> Tensor:
@@ -117,7 +114,7 @@ def tokens_of(x: Tensor) -> Tensor:
     """
     if not (torch.is_grad_enabled() and x.requires_grad) or is_channels_last(x):
         return to_tokens(x)
-    return to_tokens(cast(Tensor, _Relayout.apply(x, memory_format_of(x))))
+    return to_tokens(cast(Tensor, _GradLayout.apply(x)))
 
 
 def project_to_map(
@@ -135,10 +132,10 @@ def project_to_map(
         parts: one or two (B, N, C_i), token-major or the token view of an NCHW map,
         N = H·W -> (B, C_out, H, W)
     """
-    if is_channels_last(like):
-        return to_map(project_tokens(layer, *parts), size)
     if len(parts) > 2:
         raise ValueError(f"project_to_map takes one or two token parts, got {len(parts)}")
+    if is_channels_last(like):
+        return to_map(project_tokens(layer, *parts), size)
     weights = _weight_parts(layer, parts)
     second = (weights[1], parts[1]) if len(parts) == 2 else (None, None)
     out: Tensor = _ChannelMajorProduct.apply(layer.bias, weights[0], parts[0], *second)
@@ -179,19 +176,26 @@ class _ChannelMajorProduct(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor | None, ...]:
         w1, p1, w2, p2 = ctx.saved_tensors  # type: ignore[attr-defined]
-        bias_grad = grad.sum(dim=(0, 2)) if ctx.has_bias else None  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        has_bias: bool = ctx.has_bias  # type: ignore[attr-defined]
+        bias_grad = grad.sum(dim=(0, 2)) if has_bias and needs[0] else None
 
-        def grads(w: Tensor | None, p: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        def grads(
+            w: Tensor | None, p: Tensor | None, need_w: bool, need_p: bool
+        ) -> tuple[Tensor | None, Tensor | None]:
             if w is None or p is None:
                 return None, None
+            weight = torch.bmm(grad, p.to(grad.dtype)).sum(0) if need_w else None
+            if not need_p:
+                return weight, None
             w_b = w.to(grad.dtype).expand(grad.shape[0], -1, -1)
             if p.stride(-1) == 1:  # token-major part: (B, N, C_i) = Gᵀ W
                 part = torch.bmm(grad.transpose(1, 2), w_b)
             else:  # channel-major part (an NCHW map's token view): (B, C_i, N) = Wᵀ G
                 part = torch.bmm(w_b.transpose(1, 2), grad).transpose(1, 2)
-            return torch.bmm(grad, p.to(grad.dtype)).sum(0), part
+            return weight, part
 
-        return (bias_grad, *grads(w1, p1), *grads(w2, p2))
+        return (bias_grad, *grads(w1, p1, *needs[1:3]), *grads(w2, p2, *needs[3:5]))
 
 
 def default_heads(channels: int) -> int:
