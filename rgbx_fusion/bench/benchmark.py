@@ -37,6 +37,7 @@ from rgbx_fusion.bench.flops import count_flops, count_parameters
 from rgbx_fusion.bench.memory import peak_memory_mb
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.segmenter import RGBXSegmenter
+from rgbx_fusion.tasks.optim import adamw
 
 Builder = Callable[[], nn.Module]
 
@@ -129,7 +130,7 @@ def measure_group(
     rgb_t = torch.randn(train_batch, 3, h, w, device=device)
     aux_t = torch.randn(train_batch, aux_channels, h, w, device=device)
     nets = {variant: build().to(device) for variant, build in builders.items()}
-    opts = {v: torch.optim.AdamW(net.parameters(), lr=1e-4) for v, net in nets.items()}
+    opts = {v: adamw(net.parameters(), lr=1e-4) for v, net in nets.items()}
     memory: dict[str, float] = {}
     for v, net in nets.items():
 
@@ -219,7 +220,7 @@ def largest_batch(
         return None
     h, w = size
     net = build().to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = adamw(net.parameters(), lr=1e-4)
 
     def fits(batch: int) -> bool:
         try:
@@ -242,23 +243,34 @@ def largest_batch(
 def network_builders(
     init_args: dict[str, Any], num_classes: int, aux_channels: int
 ) -> dict[str, Builder]:
-    """Builders of the configured, plain and backbones-only networks from ``init_args``."""
+    """Builders of the configured, plain and backbones-only networks from ``init_args``.
+
+    Each builder makes a new network (with new random weights) on every call.
+    """
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(RGBXSegmenter, "network")
     args = {**init_args, "num_classes": num_classes, "aux_channels": aux_channels}
-    cfg = parser.instantiate_classes(parser.parse_object({"network": args}))
-    model = cfg.network
+
+    def build(kwargs: dict[str, Any]) -> nn.Module:
+        net: nn.Module = parser.instantiate_classes(
+            parser.parse_object({"network": kwargs})
+        ).network
+        return net
+
+    # Every call builds a new network; the first one, built here, is handed out first.
+    first = [build(args)]
+    mid = first[0].fusion_stage == "mid"
+
+    def model() -> nn.Module:
+        return first.pop() if first else build(args)
 
     def plain() -> nn.Module:
         drop = ("align", "input_align", "rectify", "fusion", "feedback")
         kwargs = {k: v for k, v in args.items() if k not in drop}
         kwargs["fusion"] = {"class_path": "rgbx_fusion.models.fusion.simple.AddFusion"}
-        net: nn.Module = parser.instantiate_classes(
-            parser.parse_object({"network": kwargs})
-        ).network
-        return net
+        return build(kwargs)
 
     def backbones() -> nn.Module:
         net = plain()
@@ -267,8 +279,8 @@ def network_builders(
         encoder: nn.Module = net.encoder  # type: ignore[assignment]
         return encoder
 
-    builders: dict[str, Builder] = {"model": lambda: model, "plain": plain}
-    if model.fusion_stage == "mid":
+    builders: dict[str, Builder] = {"model": model, "plain": plain}
+    if mid:
         builders["backbones"] = backbones
     return builders
 

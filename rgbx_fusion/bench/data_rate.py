@@ -58,6 +58,7 @@ def measure_data_rate(
 ) -> DataRate:
     """Loader vs training throughput of ``config`` (with CLI ``overrides``)."""
     from rgbx_fusion.cli import build_cli
+    from rgbx_fusion.tasks.optim import adamw
 
     device = device or torch.device("cpu")
     load_before = os.getloadavg()[0]
@@ -68,7 +69,7 @@ def measure_data_rate(
     stream = _cycle(loader)
     batch = _to(next(stream), device)
     task.to(device).train()
-    opt = torch.optim.AdamW(task.parameters(), lr=1e-4)
+    opt = adamw(task.parameters(), lr=1e-4)
 
     def step() -> float:
         start = time.perf_counter()

@@ -24,6 +24,7 @@ from rgbx_fusion.tasks.guards import (
     report_nonfinite,
 )
 from rgbx_fusion.tasks.metrics import SegmentationMetrics, iou_table
+from rgbx_fusion.tasks.optim import adamw
 
 #: Builds the network: ``network(num_classes, aux_channels)``. In configs this is a
 #: ``class_path`` (default :class:`RGBXSegmenter`) whose first two parameters are
@@ -259,7 +260,7 @@ class SegmentationTask(pl.LightningModule):
             decays = not (p.ndim <= 1 or name.endswith(".bias") or free)
             groups.setdefault((aligner, decays), []).append(p)
         lr, scale = self._hp.lr, self._hp.get("align_lr_scale", 1.0)
-        opt = torch.optim.AdamW(
+        opt = adamw(
             [
                 {
                     "params": params,

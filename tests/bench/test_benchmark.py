@@ -31,6 +31,14 @@ def test_variants_differ_only_in_fusion_and_alignment() -> None:
     assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in plain.parameters())
 
 
+def test_every_build_is_a_new_network() -> None:
+    builders = network_builders({"backbone": "resnet10t"}, num_classes=3, aux_channels=1)
+    for build in builders.values():
+        a, b = build(), build()
+        assert a is not b
+        assert not {id(p) for p in a.parameters()} & {id(p) for p in b.parameters()}
+
+
 def test_measure_and_overhead() -> None:
     builders = network_builders({"backbone": "resnet18"}, num_classes=3, aux_channels=1)
     rows = [

@@ -129,6 +129,65 @@ def test_mlp_concatenation_order_is_coarsest_first() -> None:
         assert not torch.allclose(decoder(feats), wrong)
 
 
+def literal_mlp_decoder(decoder: MLPDecoder, feats: list[Tensor]) -> Tensor:
+    """The MLP decoder's equation in its written order: project, upsample, concat, fuse."""
+    size = feats[0].shape[-2:]
+    projected = []
+    for i, f in enumerate(feats):
+        linear: nn.Linear = getattr(decoder, f"linear_c{i + 1}").proj
+        mapped = F.conv2d(f, linear.weight[:, :, None, None], linear.bias)
+        projected.append(F.interpolate(mapped, size=size, mode="bilinear", align_corners=False))
+    fuse = decoder.linear_fuse
+    return F.relu(fuse.bn(fuse.conv(torch.cat(projected[::-1], dim=1))))
+
+
+@pytest.mark.parametrize("height,width", [(64, 80), (61, 77)])
+def test_mlp_training_pass_matches_the_written_order(height: int, width: int) -> None:
+    # Batch-statistics BN, odd sizes (levels rounded up as convs do): the reordered
+    # computation gives the literal equation's output and every gradient.
+    torch.manual_seed(0)
+    decoder = MLPDecoder(CHANNELS, channels=16, dropout=0.0).train()
+    reference = MLPDecoder(CHANNELS, channels=16, dropout=0.0).train()
+    reference.load_state_dict(decoder.state_dict())
+    feats = pyramid(2, 4, height, width)
+    ours = [f.clone().requires_grad_() for f in feats]
+    theirs = [f.clone().requires_grad_() for f in feats]
+    out, expected = decoder(ours), literal_mlp_decoder(reference, theirs)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(decoder.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4, msg=name)
+    torch.testing.assert_close(
+        decoder.linear_fuse.bn.running_var, reference.linear_fuse.bn.running_var
+    )
+
+
+def test_mlp_gradients_come_back_in_each_inputs_layout() -> None:
+    # Hooks on non-leaf inputs see the gradients as the decoder returns them (a leaf's
+    # .grad is re-stored to match the leaf, which would hide a layout change).
+    decoder = MLPDecoder(CHANNELS, channels=16).train()
+    feats = pyramid(2, 4)
+    feats[1] = feats[1].contiguous(memory_format=torch.channels_last)
+    seen: dict[int, Tensor] = {}
+    inputs = []
+    for i, f in enumerate(feats):
+        x = f.requires_grad_() * 1.0  # keeps f's layout
+        x.register_hook(lambda g, i=i: seen.setdefault(i, g))
+        inputs.append(x)
+    decoder(inputs).sum().backward()
+    for i, x in enumerate(inputs):
+        layout = torch.channels_last if i == 1 else torch.contiguous_format
+        assert x.is_contiguous(memory_format=layout)
+        assert seen[i].is_contiguous(memory_format=layout), i
+
+
 def test_mlp_state_dict_names_match_segformer_head() -> None:
     keys = set(MLPDecoder([32, 64, 160, 256], channels=32).state_dict())
     for i in range(1, 5):

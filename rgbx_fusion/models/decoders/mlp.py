@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgbx_fusion.models.decoders.fpn import ConvNormAct, check_features, resize_to
+from rgbx_fusion.models.layout import stored_as
 
 
 class LinearProjection(nn.Module):
@@ -42,6 +43,9 @@ class MLPDecoder(nn.Module):
 
     The concatenation order is coarsest first, ``[c4, c3, c2, c1]`` for four
     levels, as in SegFormer and CMX; it matters when loading their weights.
+    :meth:`forward` computes the same function in a cheaper order (each level's
+    projection and fuse block as one map at the level's resolution, then
+    upsample and sum) and returns a ``channels_last`` map.
 
     Weight mapping (the segmenter's head holds the classifier):
 
@@ -90,34 +94,46 @@ class MLPDecoder(nn.Module):
         self.linear_fuse = ConvNormAct(len(self.in_channels) * channels, channels, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout)
 
-    def project(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """Each level projected to ``channels`` and resized to the finest level, finest first.
-
-        Shape:
-            features: [(B, in_channels[i], H_i, W_i)] -> [(B, channels, H_0, W_0)]
-        """
-        check_features(self, features, self.in_channels)
-        finest = features[0]
-        return [
-            resize_to(self.get_submodule(name)(f), finest)
-            for name, f in zip(self.level_names, features, strict=True)
-        ]
-
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Decode a feature pyramid into one map at the finest level.
+        """Decode a feature pyramid into one map at the finest level, stored ``channels_last``.
+
+        The equation's order is ``project → upsample → concatenate → fuse``. Every step up
+        to the batch norm is linear and acts either on channels alone (the projections and
+        the 1×1 fuse) or on pixels alone (bilinear upsampling, whose weights sum to one), so
+        they commute. Here each level's projection and its block of the fuse weight are
+        one ``C_i → E`` map, applied at the level's own resolution; the results are
+        upsampled and summed. Same parameters, same function and gradients up to float
+        rounding, without the ``n·E``-channel concatenation or the ``n·E → E`` conv at the
+        finest resolution: for MiT-B2 widths at 480×640 the decoder's multiply-adds fall
+        from 42.7 to 3.0 GFLOPs per image. The maps are ``channels_last``, the layout
+        in which CPU bilinear upsampling and its backward are fastest (3–4× at E = 512);
+        the inputs' gradients come back stored like the inputs.
 
         Shape:
             features: [(B, in_channels[i], H_i, W_i)] -> (B, channels, H_0, W_0)
         """
-        if not torch.is_grad_enabled() and features[0].device.type == "cpu":
-            # CPU inference: oneDNN runs the 1×1 convs on channels_last maps without
-            # reordering the n·E-channel concatenation (14% faster for MiT-B2 widths at
-            # 120×160, E = 512, copies included). Training keeps the inputs' layout:
-            # there the channels_last backward is the slower one.
-            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
-        projected = self.project(features)
-        fused = self.linear_fuse(torch.cat(projected[::-1], dim=1))  # [c4, c3, c2, c1]
-        return self.dropout(fused)
+        check_features(self, features, self.in_channels)
+        n, e = len(self.in_channels), self.channels
+        # Fuse weight (E, n·E); its input blocks are ordered [c_n, ..., c_1].
+        fuse = self.linear_fuse.conv.weight.flatten(1)
+        weights: list[Tensor] = []
+        biases: list[Tensor] = []
+        for i, name in enumerate(self.level_names):
+            proj = cast(LinearProjection, self.get_submodule(name)).proj
+            block = fuse[:, (n - 1 - i) * e : (n - i) * e]
+            weights.append(block @ proj.weight)
+            biases.append(block @ proj.bias)
+        # Upsampling keeps constants: all biases go to the finest level's map.
+        bias = torch.stack(biases).sum(dim=0)
+        finest = features[0]
+        fused = None
+        for i, (f, w) in enumerate(zip(features, weights, strict=True)):
+            x = stored_as(f, torch.channels_last)
+            level = resize_to(F.conv2d(x, w[:, :, None, None], bias if i == 0 else None), finest)
+            # In place: neither the conv nor the upsampling keeps its output for backward.
+            fused = level if fused is None else fused.add_(level)
+        assert fused is not None  # check_features guarantees at least one level
+        return self.dropout(self.linear_fuse.act(self.linear_fuse.bn(fused)))
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, channels={self.channels}"

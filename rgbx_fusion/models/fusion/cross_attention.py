@@ -10,13 +10,12 @@ after it then run on the layout they were built for.
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgbx_fusion.models.fusion.base import FusionBase, check_pair
+from rgbx_fusion.models.layout import is_channels_last, stored_as
 
 
 def to_tokens(x: Tensor) -> Tensor:
@@ -77,33 +76,6 @@ def tokens_linear(
     return matmul_sum(pairs, bias)
 
 
-def is_channels_last(x: Tensor) -> bool:
-    """Whether a 4-D map is stored ``channels_last`` (and not also plain contiguous)."""
-    return (
-        x.dim() == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-    )
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """``torch.channels_last`` for a channels_last map, else ``torch.contiguous_format``."""
-    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
-
-
-class _GradLayout(torch.autograd.Function):
-    """Identity whose backward stores the gradient like the input."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
-        return x.view_as(x)  # a function's output must be a new tensor
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        return grad.contiguous(memory_format=ctx.source)  # type: ignore[attr-defined]
-
-
 def tokens_of(x: Tensor) -> Tensor:
     """:func:`to_tokens` whose gradient reaches ``x`` stored like ``x``.
 
@@ -114,7 +86,7 @@ def tokens_of(x: Tensor) -> Tensor:
     """
     if not (torch.is_grad_enabled() and x.requires_grad) or is_channels_last(x):
         return to_tokens(x)
-    return to_tokens(cast(Tensor, _GradLayout.apply(x)))
+    return to_tokens(stored_as(x, torch.contiguous_format))
 
 
 def project_to_map(

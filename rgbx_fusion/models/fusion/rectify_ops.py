@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rgbx_fusion.models.fusion.cross_attention import memory_format_of
+from rgbx_fusion.models.layout import memory_format_of
 
 
 class MeanMax(torch.autograd.Function):
