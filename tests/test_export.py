@@ -14,6 +14,7 @@ from rgbx_fusion.errors import ExportError
 from rgbx_fusion.export import FORMATS, export_network
 from rgbx_fusion.models.align import ALIGNERS, AffineAlign, FlowAlign
 from rgbx_fusion.models.decoders.fpn import FPNDecoder
+from rgbx_fusion.models.decoders.mlp import MLPDecoder
 from rgbx_fusion.models.fusion import (
     FUSIONS,
     AddFusion,
@@ -30,14 +31,15 @@ SIZE = (64, 64)
 STAGES = 4  # resnet18 feature levels at strides 4, 8, 16, 32
 
 
-def network(**options: Any) -> RGBXSegmenter:
+def network(decoder: Any = None, **options: Any) -> RGBXSegmenter:
     """A small seeded network whose all-zero parameters are perturbed.
 
     Zero-initialised gates and flow heads (identity at initialisation) would hide the
     branch behind them, so the parity check could not see it.
     """
     torch.manual_seed(0)
-    net = RGBXSegmenter(4, 1, decoder=partial(FPNDecoder, channels=16), **options)
+    decoder = decoder or partial(FPNDecoder, channels=16)
+    net = RGBXSegmenter(4, 1, decoder=decoder, **options)
     with torch.no_grad():
         for p in net.parameters():
             if not p.any():
@@ -64,6 +66,12 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
         "fusion": CMXFusion,
         "rectify": FeatureRectify,
         "feedback": True,
+    },
+    "mid-cmx-mlp-decoder": {
+        "fusion": CMXFusion,
+        "rectify": FeatureRectify,
+        "feedback": True,
+        "decoder": partial(MLPDecoder, channels=16),
     },
     "early": {"fusion_stage": "early", "fusion": None},
     "late": {"fusion_stage": "late", "late_fusion": "conv", "fusion": None},
@@ -103,6 +111,14 @@ def test_representative_networks_export_to_onnx_with_parity(name: str, tmp_path:
     assert report.parity_batches == [1, 3]
     assert (tmp_path / "net.onnx").is_file()
     assert not (tmp_path / "net.onnx.data").exists(), "weights belong inside the one file"
+
+
+@pytest.mark.export
+def test_mlp_decoder_network_exports_with_torch_export(tmp_path: Path) -> None:
+    # The MLP decoder builds its per-level maps from the weights inside forward.
+    net = network(**REPRESENTATIVE["mid-cmx-mlp-decoder"])
+    report = export_network(net, tmp_path / "net.pt2", "torch_export", SIZE, 1, dynamic_batch=True)
+    assert report.max_abs_diff <= 1e-3
 
 
 @pytest.mark.slow
