@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ class Measurement:
     train_images_per_s: float
     peak_memory_mb: float  # allocated above the weights and inputs
     max_train_batch: int | None = None  # CUDA only, at the first resolution
+    #: the timed repeats, in order (JSON only): inference ms, training step seconds
+    latency_repeats_ms: list[float] = field(default_factory=list)
+    step_repeats_s: list[float] = field(default_factory=list)
 
 
 def _sync(device: torch.device) -> None:
@@ -167,6 +170,8 @@ def measure_group(
             statistics.median(latency[v]) * 1e3,
             train_batch / statistics.median(step[v]),
             memory[v],
+            latency_repeats_ms=[t * 1e3 for t in latency[v]],
+            step_repeats_s=list(step[v]),
         )
         for v, net in nets.items()
     ]
@@ -301,18 +306,43 @@ def network_init_args(config: str | Path) -> dict[str, Any]:
     return without_initial_weights(network.get("init_args") or {})
 
 
+def paired_ratio(model: Sequence[float], plain: Sequence[float]) -> float | None:
+    """Median over repeats of ``model_i / plain_i`` − 1, or ``None`` without paired repeats.
+
+    The variants run back to back in every repeat, so each ratio compares timings
+    taken under the same machine load; on a machine whose speed drifts between
+    repeats this varies less than the ratio of the two medians.
+    """
+    if not model or len(model) != len(plain) or min(plain) <= 0:
+        return None
+    return statistics.median(a / b for a, b in zip(model, plain, strict=True)) - 1
+
+
 def overhead(rows: Sequence[Measurement]) -> dict[str, float]:
-    """``model / plain − 1`` for latency, training step time, parameters and FLOPs."""
+    """``model / plain − 1`` for latency, training step time, parameters and FLOPs.
+
+    ``latency`` and ``train_step`` compare the medians; ``latency_paired`` and
+    ``train_step_paired`` (present when both rows carry their repeats) are
+    :func:`paired_ratio` of the repeats.
+    """
     by = {r.variant: r for r in rows}
     if "model" not in by or "plain" not in by:
         return {}
     m, p = by["model"], by["plain"]
-    return {
+    out = {
         "latency": m.latency_ms / p.latency_ms - 1,
         "train_step": p.train_images_per_s / m.train_images_per_s - 1,
         "params": m.params / max(p.params, 1) - 1,
         "gflops": m.gflops / max(p.gflops, 1e-12) - 1,
     }
+    for key, a, b in (
+        ("latency_paired", m.latency_repeats_ms, p.latency_repeats_ms),
+        ("train_step_paired", m.step_repeats_s, p.step_repeats_s),
+    ):
+        ratio = paired_ratio(a, b)
+        if ratio is not None:
+            out[key] = ratio
+    return out
 
 
 def as_dicts(rows: Sequence[Measurement]) -> list[dict[str, Any]]:

@@ -41,11 +41,13 @@ def _save(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(report, indent=2))
-    if rows:
+    # The CSV has one scalar per cell; lists (the timed repeats) stay in the JSON.
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows]
+    if flat:
         with (folder / f"{name}.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(f, fieldnames=list(flat[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(flat)
     console.print(f"saved {folder / (name + '.json')} and {folder / (name + '.csv')}")
 
 
@@ -137,10 +139,16 @@ def run_networks(args: argparse.Namespace) -> None:
     console.print(table)
     for o in report["overhead"]:
         if len(o) > 3:
+            paired = (
+                f" (median of per-repeat ratios: inference {o['latency_paired']:+.1%}, "
+                f"training step {o['train_step_paired']:+.1%})"
+                if "train_step_paired" in o and "latency_paired" in o
+                else ""
+            )
             console.print(
                 f"fusion + alignment overhead at {o['height']}×{o['width']} batch {o['batch']}: "
                 f"inference {o['latency']:+.1%}, training step {o['train_step']:+.1%}, "
-                f"params {o['params']:+.1%}, GFLOPs {o['gflops']:+.1%}"
+                f"params {o['params']:+.1%}, GFLOPs {o['gflops']:+.1%}{paired}"
             )
     console.print(report["load"])
     _save(args.out, "benchmark", report, report["rows"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
@@ -7,11 +8,13 @@ import torch
 from bench_cli import benchmark_report
 
 from rgbx_fusion.bench.benchmark import (
+    Measurement,
     largest_batch,
     measure,
     network_builders,
     network_init_args,
     overhead,
+    paired_ratio,
     search_largest,
 )
 
@@ -80,7 +83,41 @@ def test_benchmark_command_writes_json_and_csv(tmp_path: Path) -> None:
     )
     assert len(report["rows"]) == 3 and report["overhead"][0]["params"] > 0
     assert report["max_train_batch"]["model"] is None  # CPU: no fixed memory budget
-    assert (tmp_path / "benchmark.csv").read_text().startswith("variant,")
+    assert all(len(r["step_repeats_s"]) == 1 for r in report["rows"])  # the raw repeats
+    assert "train_step_paired" in report["overhead"][0]
+    csv_text = (tmp_path / "benchmark.csv").read_text()
+    assert csv_text.startswith("variant,") and "repeats" not in csv_text
+
+
+def row(variant: str, steps: list[float], latencies: list[float]) -> Measurement:
+    return Measurement(
+        variant,
+        8,
+        8,
+        2,
+        10,
+        1.0,
+        statistics.median(latencies),
+        2 / statistics.median(steps),
+        1.0,
+        latency_repeats_ms=latencies,
+        step_repeats_s=steps,
+    )
+
+
+def test_paired_overhead_is_the_median_of_per_repeat_ratios() -> None:
+    # The machine is twice as slow in the last two repeats, and the model's third
+    # repeat is disturbed. The medians then come from different load levels (model
+    # 1.30 s, plain 1.02 s: +27%); the per-repeat ratios keep the model's 5%.
+    model = row("model", [1.05, 1.04, 1.30, 2.10, 2.12], [10.0, 10.0, 10.0, 20.0, 20.0])
+    plain = row("plain", [1.00, 1.00, 1.02, 2.00, 2.00], [10.0, 10.0, 10.0, 20.0, 20.0])
+    o = overhead([model, plain])
+    assert o["train_step"] == pytest.approx(1.30 / 1.02 - 1)
+    assert o["train_step_paired"] == pytest.approx(0.05)
+    assert o["latency_paired"] == pytest.approx(0.0)
+    assert paired_ratio([1.0, 2.0], [1.0]) is None and paired_ratio([], []) is None
+    without = overhead([Measurement("model", 8, 8, 2, 10, 1.0, 1.0, 1.0, 1.0), plain])
+    assert "train_step_paired" not in without and "train_step" in without
 
 
 @pytest.mark.parametrize(("fits_up_to", "limit"), [(0, 64), (1, 64), (37, 64), (64, 64), (100, 77)])
