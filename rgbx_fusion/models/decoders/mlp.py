@@ -14,22 +14,16 @@ from rgbx_fusion.models.layout import stored_as
 
 
 class LinearProjection(nn.Module):
-    """Per-pixel linear layer on an NCHW map (SegFormer's ``MLP`` block).
+    """A level's per-pixel linear layer (SegFormer's ``MLP`` block), ``C_i → E``.
 
-    The weight is an ``nn.Linear`` named ``proj`` (so SegFormer weights load by
-    name), applied as a 1×1 convolution: the same math without the
-    flatten/transpose/reshape round trip through token layout.
-
-    Shape:
-        x: (B, in_channels, H, W) -> (B, out_channels, H, W)
+    It holds the weight as an ``nn.Linear`` named ``proj``, so SegFormer weights
+    load by name. It has no forward of its own: :class:`MLPDecoder` folds ``proj``
+    into its fuse weight and applies the product.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.proj = nn.Linear(in_channels, out_channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.proj.weight[:, :, None, None], self.proj.bias)
 
 
 class MLPDecoder(nn.Module):
@@ -113,18 +107,13 @@ class MLPDecoder(nn.Module):
             features: [(B, in_channels[i], H_i, W_i)] -> (B, channels, H_0, W_0)
         """
         check_features(self, features, self.in_channels)
-        n, e = len(self.in_channels), self.channels
+        projs = [cast(LinearProjection, self.get_submodule(n)).proj for n in self.level_names]
         # Fuse weight (E, n·E); its input blocks are ordered [c_n, ..., c_1].
         fuse = self.linear_fuse.conv.weight.flatten(1)
-        weights: list[Tensor] = []
-        biases: list[Tensor] = []
-        for i, name in enumerate(self.level_names):
-            proj = cast(LinearProjection, self.get_submodule(name)).proj
-            block = fuse[:, (n - 1 - i) * e : (n - i) * e]
-            weights.append(block @ proj.weight)
-            biases.append(block @ proj.bias)
-        # Upsampling keeps constants: all biases go to the finest level's map.
-        bias = torch.stack(biases).sum(dim=0)
+        blocks = fuse.split(self.channels, dim=1)[::-1]  # finest first, like projs
+        weights = [block @ proj.weight for block, proj in zip(blocks, projs, strict=True)]
+        # Upsampling keeps constants: the biases, through the fuse, all go to the finest map.
+        bias = fuse @ torch.cat([proj.bias for proj in projs[::-1]])
         finest = features[0]
         fused = None
         for i, (f, w) in enumerate(zip(features, weights, strict=True)):
