@@ -30,9 +30,8 @@ class _Relayout(torch.autograd.Function):
     def forward(
         ctx: torch.autograd.function.FunctionCtx, x: Tensor, layout: torch.memory_format
     ) -> Tensor:
-        source = memory_format_of(x)
-        ctx.source = source  # type: ignore[attr-defined]
-        if layout == source:
+        ctx.source = memory_format_of(x)  # type: ignore[attr-defined]
+        if x.is_contiguous(memory_format=layout):
             return x.view_as(x)  # a function's output must be a new tensor
         return x.contiguous(memory_format=layout)
 

@@ -84,7 +84,7 @@ def tokens_of(x: Tensor) -> Tensor:
     backbone stage), and used by the layers before it, they would cost transposing
     passes. One copy into the map's own layout replaces them.
     """
-    if not (torch.is_grad_enabled() and x.requires_grad) or is_channels_last(x):
+    if is_channels_last(x):
         return to_tokens(x)
     return to_tokens(stored_as(x, torch.contiguous_format))
 
