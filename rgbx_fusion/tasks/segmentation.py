@@ -67,6 +67,10 @@ class SegmentationTask(pl.LightningModule):
             ``channels_last`` memory (faster convolutions with bf16/fp16 on GPUs).
         compile: ``torch.compile`` the network in place (``nn.Module.compile``; the
             checkpoint keys stay the same). The first steps are slow while it compiles.
+            Sizes are static: each new input shape (a validation size, a smaller last
+            batch) compiles once more, up to torch's recompile limit, after which
+            that shape runs eagerly. Symbolic sizes would compile once for all shapes,
+            but Inductor fails to lower timm's MiT backbones with them.
     """
 
     def __init__(
@@ -101,7 +105,7 @@ class SegmentationTask(pl.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         if compile:
-            self.net.compile()
+            self.net.compile(dynamic=False)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])

@@ -81,11 +81,16 @@ def test_compiled_network_fits_one_step(
     backend: str, tiny_depth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(
-        torch.nn.Module, "compile", lambda self: compile_module(self, backend=backend)
-    )
+    options: list[dict[str, Any]] = []
+
+    def compile_with(self: torch.nn.Module, **kwargs: Any) -> None:
+        options.append(kwargs)
+        compile_module(self, backend=backend, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_with)
     cli = _fit(tiny_depth_root, tmp_path, "--model.compile=true")
     assert cli.trainer.global_step == 1
+    assert options == [{"dynamic": False}]
     assert cli.model.net._compiled_call_impl is not None
     # compiled in place: checkpoint keys are the eager network's
     assert not any("_orig_mod" in k for k in cli.model.state_dict())
@@ -123,3 +128,32 @@ def test_guard_reads_losses_and_gradients_together() -> None:
     guard.add_loss(torch.tensor(float("nan")), None)
     what, _ = guard.check(net) or ("", 0.0)
     assert what == "loss" and not guard.losses
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_inductor_trains_a_mit_network_at_two_sizes() -> None:
+    # A second input size makes torch.compile retrace; with symbolic sizes Inductor
+    # fails to lower timm's MiT, so the task compiles static shapes. About 4 minutes.
+    from rgbx_fusion.bench.benchmark import network_builders, network_init_args
+
+    args = network_init_args(CONFIG.parent / "nyudv2_cmx_b2.yaml")
+    builders = network_builders({**args, "backbone": "mit_b0"}, num_classes=3, aux_channels=1)
+    task = SegmentationTask(lambda n, a: builders["model"](), 3, 1, compile=True)
+    eager = builders["model"]()
+    eager.load_state_dict(task.net.state_dict())
+    for net in (task.net, eager):
+        net.train()
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout2d):
+                m.p = 0.0
+    for size in ((32, 48), (48, 64)):
+        rgb, aux = torch.randn(2, 3, *size), torch.randn(2, 1, *size)
+        results = []
+        for net in (task.net, eager):
+            net.zero_grad()
+            out = net(rgb, aux)
+            out.square().mean().backward()
+            results.append([out, *(p.grad for p in net.parameters())])
+        for got, ref in zip(*results, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)

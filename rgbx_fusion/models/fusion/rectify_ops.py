@@ -24,14 +24,17 @@ class MeanMax(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> tuple[Tensor, Tensor]:
         flat = x.flatten(2)
         peak, where = flat.max(dim=2)
-        ctx.save_for_backward(where)
-        ctx.meta = (x.shape, memory_format_of(x))  # type: ignore[attr-defined]
+        # x itself, not its shape and layout as ctx attributes: those hold symbolic
+        # sizes under torch.compile with dynamic shapes, which its tracer cannot pass
+        # to the backward. x costs no memory: the FRM's cross-over saves it too.
+        ctx.save_for_backward(x, where)
         return flat.mean(dim=2), peak
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: Tensor, g_max: Tensor) -> Tensor:
-        (where,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        shape, fmt = ctx.meta  # type: ignore[attr-defined]
+        x, where = ctx.saved_tensors  # type: ignore[attr-defined]
+        shape = x.shape
+        fmt = memory_format_of(x)
         grad = torch.empty(shape, dtype=g_mean.dtype, device=g_mean.device, memory_format=fmt)
         grad.copy_((g_mean / (shape[2] * shape[3]))[..., None, None].expand(shape))
         # flatten(2) of a contiguous or channels_last map is a view: the scatter lands in grad.
