@@ -15,7 +15,9 @@ Memory is the peak of one inference and the first training step (activations,
 gradients and AdamW state) above the weights and inputs: CUDA's peak allocation,
 or the peak of tensor storage on CPU (:mod:`rgbx_fusion.bench.memory`). On
 CUDA, :func:`largest_batch` finds the largest training batch that fits in
-memory (doubling, then bisection).
+memory (doubling, then bisection). :class:`Speed` sets the precision (Lightning's
+names: autocast for ``bf16-mixed`` / ``16-mixed``, a gradient scaler for
+``16-mixed``) and the memory layout of every network and input.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -61,24 +64,83 @@ class Measurement:
     step_repeats_s: list[float] = field(default_factory=list)
 
 
+#: Lightning's precision names that the benchmark runs, and their autocast dtypes.
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32-true": None,
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How every network runs: ``precision`` (a :data:`PRECISIONS` name, as in
+    ``--trainer.precision``) and ``channels_last`` (weights and inputs, as in
+    ``--model.channels_last``)."""
+
+    precision: str = "32-true"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"benchmark precision must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
+
+    def check(self, device: torch.device) -> None:
+        """Raise :class:`ConfigError` when ``device`` cannot run this precision."""
+        if self.precision == "16-mixed" and device.type != "cuda":
+            raise ConfigError(f"precision 16-mixed needs a CUDA device, got {device}")
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        dtype = PRECISIONS[self.precision]
+        return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
+        """Loss scaling, as Lightning does for ``16-mixed``."""
+        return torch.amp.GradScaler(device.type) if self.precision == "16-mixed" else None
+
+    def layout(self, t: Tensor) -> Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _forward(net: nn.Module, rgb: Tensor, aux: Tensor) -> Tensor:
-    out = net(rgb, aux)
-    if isinstance(out, tuple):  # the bare dual encoder returns both pyramids
-        return torch.stack([t.float().mean() for pyramid in out for t in pyramid]).sum()
-    return out
+def _forward(
+    net: nn.Module, rgb: Tensor, aux: Tensor, autocast: AbstractContextManager[Any] | None = None
+) -> Tensor:
+    with autocast or nullcontext():
+        out = net(rgb, aux)
+        if isinstance(out, tuple):  # the bare dual encoder returns both pyramids
+            return torch.stack([t.float().mean() for pyramid in out for t in pyramid]).sum()
+        return out
 
 
-def _train_step(net: nn.Module, opt: torch.optim.Optimizer, rgb: Tensor, aux: Tensor) -> None:
-    out = _forward(net, rgb, aux)
-    loss = out.float().mean() if out.dim() == 0 else F.softmax(out, 1).amax(1).mean()
+def _train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    rgb: Tensor,
+    aux: Tensor,
+    speed: Speed = Speed(),
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    out = _forward(net, rgb, aux, speed.autocast(rgb.device))
+    loss = out.float().mean() if out.dim() == 0 else F.softmax(out.float(), 1).amax(1).mean()
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
 
 #: ``wall``: elapsed time. ``cpu``: CPU time of this process (all its threads), which
@@ -112,9 +174,11 @@ def measure_group(
     warmup: int = 2,
     iters: int = 5,
     clock: str = "wall",
+    speed: Speed = Speed(),
 ) -> list[Measurement]:
     """Latency (eval, no grad), training throughput (fwd + bwd + AdamW step) and memory
-    of several networks on the same inputs.
+    of several networks on the same inputs, run as ``speed`` says (FLOPs are counted
+    in float32 without autocast: the same operations, whatever their precision).
 
     Peak memory is taken first, one network at a time (one inference and the first
     training step each, see :func:`~rgbx_fusion.bench.memory.peak_memory_mb`). The
@@ -125,22 +189,33 @@ def measure_group(
     two samples (``max(batch, 2)``): BatchNorm after a global pooling cannot train on one.
     """
     timed = timer(clock, device)
+    speed.check(device)
     h, w = size
-    rgb = torch.randn(batch, 3, h, w, device=device)
-    aux = torch.randn(batch, aux_channels, h, w, device=device)
+    rgb = speed.layout(torch.randn(batch, 3, h, w, device=device))
+    aux = speed.layout(torch.randn(batch, aux_channels, h, w, device=device))
     # Training needs two samples where BatchNorm follows a global pooling (iAFF, SE heads).
     train_batch = max(batch, 2)
-    rgb_t = torch.randn(train_batch, 3, h, w, device=device)
-    aux_t = torch.randn(train_batch, aux_channels, h, w, device=device)
-    nets = {variant: build().to(device) for variant, build in builders.items()}
+    rgb_t = speed.layout(torch.randn(train_batch, 3, h, w, device=device))
+    aux_t = speed.layout(torch.randn(train_batch, aux_channels, h, w, device=device))
+    nets = {variant: speed.prepare(build().to(device)) for variant, build in builders.items()}
     opts = {v: adamw(net.parameters(), lr=1e-4) for v, net in nets.items()}
+    scalers = {v: speed.scaler(device) for v in nets}
+    train = {
+        v: partial(_train_step, net, opts[v], rgb_t, aux_t, speed, scalers[v])
+        for v, net in nets.items()
+    }
+
+    def infer(net: nn.Module) -> Tensor:
+        with torch.no_grad():
+            return _forward(net.eval(), rgb, aux, speed.autocast(device))
+
     memory: dict[str, float] = {}
     for v, net in nets.items():
 
-        def first_steps(net: nn.Module = net, opt: torch.optim.Optimizer = opts[v]) -> None:
-            with torch.no_grad():
-                _forward(net.eval(), rgb, aux)
-            _train_step(net.train(), opt, rgb_t, aux_t)
+        def first_steps(net: nn.Module = net, step: Callable[[], None] = train[v]) -> None:
+            infer(net)
+            net.train()
+            step()
 
         memory[v] = peak_memory_mb(first_steps, device)
     latency: dict[str, list[float]] = {v: [] for v in nets}
@@ -149,14 +224,12 @@ def measure_group(
     for repeat in range(warmup + iters):
         variants = order if repeat % 2 == 0 else order[::-1]
         for v in variants:
-            net = nets[v].eval()
-            with torch.no_grad():
-                t = timed(partial(_forward, net, rgb, aux))
+            t = timed(partial(infer, nets[v]))
             if repeat >= warmup:
                 latency[v].append(t)
         for v in variants:
-            net = nets[v].train()
-            t = timed(partial(_train_step, net, opts[v], rgb_t, aux_t))
+            nets[v].train()
+            t = timed(train[v])
             if repeat >= warmup:
                 step[v].append(t)
     return [
@@ -215,8 +288,10 @@ def largest_batch(
     aux_channels: int,
     device: torch.device,
     limit: int = 4096,
+    speed: Speed = Speed(),
 ) -> int | None:
-    """Largest training batch (fwd + bwd + AdamW step) that fits on a CUDA device.
+    """Largest training batch (fwd + bwd + AdamW step, run as ``speed`` says) that fits
+    on a CUDA device.
 
     ``None`` on other devices (CPU memory is not a fixed budget). A batch fits when
     two training steps run without :class:`torch.OutOfMemoryError`.
@@ -224,15 +299,16 @@ def largest_batch(
     if device.type != "cuda":
         return None
     h, w = size
-    net = build().to(device).train()
+    net = speed.prepare(build().to(device)).train()
     opt = adamw(net.parameters(), lr=1e-4)
+    scaler = speed.scaler(device)
 
     def fits(batch: int) -> bool:
         try:
-            rgb = torch.randn(batch, 3, h, w, device=device)
-            aux = torch.randn(batch, aux_channels, h, w, device=device)
+            rgb = speed.layout(torch.randn(batch, 3, h, w, device=device))
+            aux = speed.layout(torch.randn(batch, aux_channels, h, w, device=device))
             for _ in range(2):
-                _train_step(net, opt, rgb, aux)
+                _train_step(net, opt, rgb, aux, speed, scaler)
             del rgb, aux
             _sync(device)
             return True

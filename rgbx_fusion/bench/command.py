@@ -61,6 +61,7 @@ def run_networks(args: argparse.Namespace) -> None:
     import torch
 
     from rgbx_fusion.bench.benchmark import (
+        Speed,
         as_dicts,
         largest_batch,
         measure_group,
@@ -70,6 +71,8 @@ def run_networks(args: argparse.Namespace) -> None:
     )
 
     device = torch.device(args.device)
+    speed = Speed(args.precision, args.channels_last)
+    speed.check(device)
     builders = network_builders(network_init_args(args.config), args.num_classes, args.aux_channels)
     rows = []
     report: dict[str, Any] = {
@@ -77,6 +80,8 @@ def run_networks(args: argparse.Namespace) -> None:
         "device": str(device),
         "clock": args.clock,
         "threads": torch.get_num_threads(),
+        "precision": speed.precision,
+        "channels_last": speed.channels_last,
         "overhead": [],
     }
     sizes = [parse_size(s) for s in args.resolutions.split(",")]
@@ -94,6 +99,7 @@ def run_networks(args: argparse.Namespace) -> None:
                 args.warmup,
                 args.iters,
                 args.clock,
+                speed,
             )
             rows.extend(group)
             report["overhead"].append(
@@ -103,14 +109,15 @@ def run_networks(args: argparse.Namespace) -> None:
     for variant, build in builders.items():
         if device.type == "cuda":
             console.print(f"[dim]searching the largest training batch of {variant}[/dim]")
-        largest[variant] = largest_batch(build, sizes[0], args.aux_channels, device)
+        largest[variant] = largest_batch(build, sizes[0], args.aux_channels, device, speed=speed)
         for r in rows:
             if r.variant == variant and (r.height, r.width) == sizes[0]:
                 r.max_train_batch = largest[variant]
     report["max_train_batch"] = {"height": sizes[0][0], "width": sizes[0][1], **largest}
     report["load"] = _load_text()
     report["rows"] = as_dicts(rows)
-    table = Table(title=f"benchmark: {args.config} on {device}")
+    layout = ", channels_last" if speed.channels_last else ""
+    table = Table(title=f"benchmark: {args.config} on {device}, {speed.precision}{layout}")
     for col in (
         "variant",
         "size",
@@ -300,6 +307,18 @@ def add_benchmark_parser(sub: Any, default_device: str) -> None:
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--iters", type=int, default=5)
     bench.add_argument("--out", default=None, help="folder for the JSON / CSV results")
+    bench.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed", "16-mixed"),
+        default="32-true",
+        help="as --trainer.precision (16-mixed: CUDA only). Default 32-true whatever the "
+        "config trains with, so CPU ratios compare float32 work",
+    )
+    bench.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="networks and inputs in channels_last memory, as --model.channels_last",
+    )
     bench.add_argument(
         "--clock",
         choices=("wall", "cpu"),

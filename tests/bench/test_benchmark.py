@@ -9,14 +9,17 @@ from bench_cli import benchmark_report
 
 from rgbx_fusion.bench.benchmark import (
     Measurement,
+    Speed,
     largest_batch,
     measure,
+    measure_group,
     network_builders,
     network_init_args,
     overhead,
     paired_ratio,
     search_largest,
 )
+from rgbx_fusion.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -89,6 +92,57 @@ def test_benchmark_command_writes_json_and_csv(tmp_path: Path) -> None:
     assert csv_text.startswith("variant,") and "repeats" not in csv_text
 
 
+def test_speed_runs_every_network_in_its_precision_and_layout() -> None:
+    builders = network_builders({"backbone": "resnet10t"}, num_classes=3, aux_channels=1)
+    seen: dict[str, set[tuple[torch.dtype, bool, bool]]] = {}
+
+    def watched(variant: str) -> torch.nn.Module:
+        net = builders[variant]()
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor], out: torch.Tensor) -> None:
+            cl = args[0].is_contiguous(memory_format=torch.channels_last)
+            seen.setdefault(variant, set()).add((out.dtype, cl, module.training))
+
+        conv.register_forward_hook(hook)
+        return net
+
+    speed = Speed("bf16-mixed", channels_last=True)
+    group = {v: (lambda v=v: watched(v)) for v in ("model", "plain")}
+    rows = measure_group(group, (32, 48), 1, 1, torch.device("cpu"), 0, 1, speed=speed)
+    assert [r.variant for r in rows] == ["model", "plain"]
+    # inference and training steps in bf16 on channels_last inputs; FLOPs counted in float32
+    timed = {(torch.bfloat16, True, False), (torch.bfloat16, True, True)}
+    assert seen == {v: timed | {(torch.float32, True, False)} for v in group}
+    assert all(r.gflops > 0 and r.train_images_per_s > 0 for r in rows)
+
+
+def test_speed_rejects_what_it_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="bf16-true"):
+        Speed("bf16-true")
+    with pytest.raises(ConfigError, match="16-mixed needs a CUDA"):
+        Speed("16-mixed").check(torch.device("cpu"))
+
+
+def test_benchmark_command_records_precision_and_layout(tmp_path: Path) -> None:
+    report = benchmark_report(
+        tmp_path,
+        "benchmark",
+        "--config",
+        str(CONFIGS / "synthetic_mid_add.yaml"),
+        "--resolutions",
+        "32x48",
+        "--precision",
+        "bf16-mixed",
+        "--channels-last",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+    )
+    assert report["precision"] == "bf16-mixed" and report["channels_last"] is True
+
+
 def row(variant: str, steps: list[float], latencies: list[float]) -> Measurement:
     return Measurement(
         variant,
@@ -144,6 +198,17 @@ def test_largest_batch_is_not_searched_on_cpu() -> None:
 def test_largest_batch_on_cuda() -> None:
     builders = network_builders({"backbone": "resnet10t"}, num_classes=3, aux_channels=1)
     assert largest_batch(builders["model"], (32, 32), 1, torch.device("cuda"), limit=8) == 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_on_cuda(precision: str) -> None:
+    builders = network_builders({"backbone": "resnet10t"}, num_classes=3, aux_channels=1)
+    speed = Speed(precision, channels_last=True)
+    rows = measure_group(builders, (64, 96), 8, 1, torch.device("cuda"), 1, 2, speed=speed)
+    assert all(r.train_images_per_s > 0 and r.peak_memory_mb > 0 for r in rows)
+    assert largest_batch(builders["model"], (32, 32), 1, torch.device("cuda"), 8, speed) == 8
 
 
 def test_recipes_with_weight_files_build_offline() -> None:
