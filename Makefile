@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= datasets/synthetic
 
-.PHONY: venv install quickstart test lint format clean-data
+.PHONY: venv install quickstart test lint format clean-data gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ quickstart: $(STAMP)
 ## set up, then lint, type-check and run the default test suite
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+## on a CUDA machine: the gpu-marked tests, then the CMX-like and ESANet-like recipes in
+## bf16 (inference at batch 1, training at batch 8), results under runs/bench-gpu
+GPU_BENCH = $(BIN)/rgbx-fusion benchmark --device cuda --resolutions 480x640 --batch 1,8 \
+	--aux-channels 3 --precision bf16-mixed --num-classes 40
+gpu-check: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+	$(GPU_BENCH) --config configs/nyudv2_cmx_b2.yaml --out runs/bench-gpu/cmx_b2
+	$(GPU_BENCH) --config configs/nyudv2_esanet_r34.yaml --channels-last --out runs/bench-gpu/esanet_r34
 
 lint: $(STAMP)
 	$(BIN)/ruff check rgbx_fusion tests
