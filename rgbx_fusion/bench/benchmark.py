@@ -15,9 +15,8 @@ Memory is the peak of one inference and the first training step (activations,
 gradients and AdamW state) above the weights and inputs: CUDA's peak allocation,
 or the peak of tensor storage on CPU (:mod:`rgbx_fusion.bench.memory`). On
 CUDA, :func:`largest_batch` finds the largest training batch that fits in
-memory (doubling, then bisection). :class:`Speed` sets the precision (Lightning's
-names: autocast for ``bf16-mixed`` / ``16-mixed``, a gradient scaler for
-``16-mixed``) and the memory layout of every network and input.
+memory (doubling, then bisection). A :class:`~rgbx_fusion.bench.speed.Speed`
+sets the precision and the memory layout of every network and input.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 
 from rgbx_fusion.bench.flops import count_flops, count_parameters
 from rgbx_fusion.bench.memory import peak_memory_mb
+from rgbx_fusion.bench.speed import DEFAULT_SPEED, Speed
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.segmenter import RGBXSegmenter
 from rgbx_fusion.tasks.optim import adamw
@@ -64,50 +64,6 @@ class Measurement:
     step_repeats_s: list[float] = field(default_factory=list)
 
 
-#: Lightning's precision names that the benchmark runs, and their autocast dtypes.
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "32-true": None,
-    "bf16-mixed": torch.bfloat16,
-    "16-mixed": torch.float16,
-}
-
-
-@dataclass(frozen=True)
-class Speed:
-    """How every network runs: ``precision`` (a :data:`PRECISIONS` name, as in
-    ``--trainer.precision``) and ``channels_last`` (weights and inputs, as in
-    ``--model.channels_last``)."""
-
-    precision: str = "32-true"
-    channels_last: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"benchmark precision must be one of {', '.join(PRECISIONS)}, "
-                f"got {self.precision!r}"
-            )
-
-    def check(self, device: torch.device) -> None:
-        """Raise :class:`ConfigError` when ``device`` cannot run this precision."""
-        if self.precision == "16-mixed" and device.type != "cuda":
-            raise ConfigError(f"precision 16-mixed needs a CUDA device, got {device}")
-
-    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        dtype = PRECISIONS[self.precision]
-        return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-    def scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
-        """Loss scaling, as Lightning does for ``16-mixed``."""
-        return torch.amp.GradScaler(device.type) if self.precision == "16-mixed" else None
-
-    def layout(self, t: Tensor) -> Tensor:
-        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
-
-    def prepare(self, net: nn.Module) -> nn.Module:
-        return net.to(memory_format=torch.channels_last) if self.channels_last else net
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -128,7 +84,7 @@ def _train_step(
     opt: torch.optim.Optimizer,
     rgb: Tensor,
     aux: Tensor,
-    speed: Speed = Speed(),
+    speed: Speed = DEFAULT_SPEED,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     out = _forward(net, rgb, aux, speed.autocast(rgb.device))
@@ -174,7 +130,7 @@ def measure_group(
     warmup: int = 2,
     iters: int = 5,
     clock: str = "wall",
-    speed: Speed = Speed(),
+    speed: Speed = DEFAULT_SPEED,
 ) -> list[Measurement]:
     """Latency (eval, no grad), training throughput (fwd + bwd + AdamW step) and memory
     of several networks on the same inputs, run as ``speed`` says (FLOPs are counted
@@ -288,7 +244,7 @@ def largest_batch(
     aux_channels: int,
     device: torch.device,
     limit: int = 4096,
-    speed: Speed = Speed(),
+    speed: Speed = DEFAULT_SPEED,
 ) -> int | None:
     """Largest training batch (fwd + bwd + AdamW step, run as ``speed`` says) that fits
     on a CUDA device.

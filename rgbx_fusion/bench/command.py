@@ -61,7 +61,6 @@ def run_networks(args: argparse.Namespace) -> None:
     import torch
 
     from rgbx_fusion.bench.benchmark import (
-        Speed,
         as_dicts,
         largest_batch,
         measure_group,
@@ -69,10 +68,10 @@ def run_networks(args: argparse.Namespace) -> None:
         network_init_args,
         overhead,
     )
+    from rgbx_fusion.bench.speed import Speed
 
     device = torch.device(args.device)
     speed = Speed(args.precision, args.channels_last)
-    speed.check(device)
     builders = network_builders(network_init_args(args.config), args.num_classes, args.aux_channels)
     rows = []
     report: dict[str, Any] = {

@@ -9,7 +9,6 @@ from bench_cli import benchmark_report
 
 from rgbx_fusion.bench.benchmark import (
     Measurement,
-    Speed,
     largest_batch,
     measure,
     measure_group,
@@ -19,6 +18,7 @@ from rgbx_fusion.bench.benchmark import (
     paired_ratio,
     search_largest,
 )
+from rgbx_fusion.bench.speed import Speed
 from rgbx_fusion.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
