@@ -8,7 +8,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from rgbx_fusion.models.decoders.fpn import ConvNormAct, check_features, resize_to
+from rgbx_fusion.models.decoders.fpn import check_features
+from rgbx_fusion.models.layers import ConvNormAct, resize_to
 
 
 def scale_rates(rates: Sequence[int], stride: int, reference_stride: int = 16) -> tuple[int, ...]:

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from rgbx_fusion.models.align.deform import ModulatedDeformConv2d
-from rgbx_fusion.models.decoders.fpn import FPNDecoder, resize_to
+from rgbx_fusion.models.decoders.fpn import FPNDecoder
 from rgbx_fusion.models.fusion.channel_attention import FeatureSelection
+from rgbx_fusion.models.layers import resize_to
 
 
 class FeatureAlign(nn.Module):

@@ -1,9 +1,4 @@
-"""Feature pyramid network decoder with a semantic-FPN merge.
-
-Also home of the two small pieces every decoder in this package shares
-(:class:`ConvNormAct` and :func:`check_features`), so that the other decoder
-files import them from here instead of from a grab-bag module.
-"""
+"""Feature pyramid network decoder with a semantic-FPN merge."""
 
 from __future__ import annotations
 
@@ -11,36 +6,9 @@ from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class ConvNormAct(nn.Sequential):
-    """``Conv2d (no bias) → BatchNorm2d → ReLU``, padded to keep the spatial size.
-
-    Sub-module names are ``conv``, ``bn`` and ``act`` (as in mmcv's ``ConvModule``),
-    which keeps weights from mmseg/SegFormer checkpoints convertible by name.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        kernel_size: square kernel size (odd).
-        dilation: dilation of the kernel; padding grows with it.
-
-    Shape:
-        x: (B, in_channels, H, W) -> (B, out_channels, H, W)
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1
-    ) -> None:
-        padding = dilation * (kernel_size // 2)
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
-        )
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True)
+from rgbx_fusion.models.layers import ConvNormAct, resize_to
 
 
 def check_features(
@@ -69,23 +37,6 @@ def check_features(
                 f"{name}: level {i} should be (B, {c}, H, W) (NCHW), got {tuple(f.shape)}; "
                 "check the encoder's feature_spec and that features are NCHW, finest first"
             )
-
-
-def resize_to(x: Tensor, ref: Tensor, mode: str = "bilinear") -> Tensor:
-    """Resize ``x`` to the spatial size of ``ref`` (no-op when it already matches).
-
-    Bilinear uses ``align_corners=False`` (as SegFormer/mmseg do). Resizing to an
-    explicit size rather than by a factor keeps odd input sizes working.
-
-    Shape:
-        x: (B, C, h, w); ref: (B, *, H, W) -> (B, C, H, W)
-    """
-    size = ref.shape[-2:]
-    if x.shape[-2:] == size:
-        return x
-    if mode == "nearest":
-        return F.interpolate(x, size=size, mode="nearest")
-    return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
 class FPNDecoder(nn.Module):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rgbx_fusion.models.decoders.fpn import ConvNormAct, check_features, resize_to
+from rgbx_fusion.models.decoders.fpn import check_features
+from rgbx_fusion.models.layers import ConvNormAct, resize_to
 from rgbx_fusion.models.layout import stored_as
 
 
