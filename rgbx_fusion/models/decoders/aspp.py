@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from rgbx_fusion.models.decoders.fpn import check_features
+from rgbx_fusion.models.decoders.base import DecoderBase
 from rgbx_fusion.models.layers import ConvNormAct, resize_to
 
 
@@ -74,7 +74,7 @@ class ASPP(nn.Module):
         return self.dropout(self.project(torch.cat(outs, dim=1)))
 
 
-class ASPPDecoder(nn.Module):
+class ASPPDecoder(DecoderBase):
     """DeepLabV3+ decoder (Chen et al., ECCV 2018).
 
     Equations (``C_0`` finest, ``C_{n-1}`` coarsest; ``up`` is bilinear)::
@@ -119,12 +119,8 @@ class ASPPDecoder(nn.Module):
         low_level_channels: int = 48,
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
-        if len(in_channels) == 0:
-            raise ValueError(f"{type(self).__name__} needs at least one feature level")
-        self.in_channels = tuple(int(c) for c in in_channels)
+        super().__init__(in_channels, channels)
         self.channels = channels
-        self.out_channels = channels
         self.stride = 4 * 2 ** (len(self.in_channels) - 1) if stride is None else stride
         self.rates = scale_rates(rates, self.stride)
         self.aspp = ASPP(self.in_channels[-1], channels, self.rates, dropout)
@@ -140,7 +136,7 @@ class ASPPDecoder(nn.Module):
         Shape:
             features: [(B, in_channels[i], H_i, W_i)] -> (B, channels, H_0, W_0)
         """
-        check_features(self, features, self.in_channels)
+        self.check_features(features)
         finest = features[0]
         context = resize_to(self.aspp(features[-1]), finest)
         return self.refine(torch.cat([context, self.low_level(finest)], dim=1))

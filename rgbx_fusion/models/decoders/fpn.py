@@ -8,38 +8,11 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from rgbx_fusion.models.decoders.base import DecoderBase
 from rgbx_fusion.models.layers import ConvNormAct, resize_to
 
 
-def check_features(
-    decoder: nn.Module, features: Sequence[Tensor], in_channels: Sequence[int]
-) -> None:
-    """Raise a clear error when a decoder gets features it was not built for.
-
-    Args:
-        decoder: the decoder (only its class name is used in the message).
-        features: the encoder features, finest first.
-        in_channels: the channel counts the decoder was built with.
-
-    Raises:
-        ValueError: wrong number of levels, wrong channel count, or a level that
-            is not an NCHW tensor.
-    """
-    name = type(decoder).__name__
-    if len(features) != len(in_channels):
-        raise ValueError(
-            f"{name} was built for {len(in_channels)} feature levels {tuple(in_channels)} but got "
-            f"{len(features)}; build it from the encoder's feature_spec.channels"
-        )
-    for i, (f, c) in enumerate(zip(features, in_channels, strict=True)):
-        if f.ndim != 4 or f.shape[1] != c:
-            raise ValueError(
-                f"{name}: level {i} should be (B, {c}, H, W) (NCHW), got {tuple(f.shape)}; "
-                "check the encoder's feature_spec and that features are NCHW, finest first"
-            )
-
-
-class FPNDecoder(nn.Module):
+class FPNDecoder(DecoderBase):
     """FPN top-down pathway followed by a semantic-FPN merge to the finest level.
 
     Equations (levels ``i = 0..n-1``, finest first; ``up`` resizes to level ``i``)::
@@ -82,16 +55,12 @@ class FPNDecoder(nn.Module):
         merge: Literal["sum", "concat"] = "sum",
         upsample: Literal["nearest", "bilinear"] = "nearest",
     ) -> None:
-        super().__init__()
-        if len(in_channels) == 0:
-            raise ValueError(f"{type(self).__name__} needs at least one feature level")
+        super().__init__(in_channels, channels)
         if merge not in ("sum", "concat"):
             raise ValueError(f"merge must be 'sum' or 'concat', got {merge!r}")
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
-        self.in_channels = tuple(int(c) for c in in_channels)
         self.channels = channels
-        self.out_channels = channels
         self.merge = merge
         self.upsample = upsample
         self.lateral = nn.ModuleList(self._build_lateral(c, channels) for c in self.in_channels)
@@ -118,7 +87,7 @@ class FPNDecoder(nn.Module):
         Shape:
             features: [(B, in_channels[i], H_i, W_i)] -> [(B, channels, H_i, W_i)]
         """
-        check_features(self, features, self.in_channels)
+        self.check_features(features)
         laterals = [lat(f) for lat, f in zip(self.lateral, features, strict=True)]
         top = laterals[-1]
         tops = [top]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rgbx_fusion.models.decoders.fpn import check_features
+from rgbx_fusion.models.decoders.base import DecoderBase
 from rgbx_fusion.models.layers import ConvNormAct, resize_to
 from rgbx_fusion.models.layout import stored_as
 
@@ -27,7 +27,7 @@ class LinearProjection(nn.Module):
         self.proj = nn.Linear(in_channels, out_channels)
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(DecoderBase):
     """SegFormer/CMX all-MLP decoder, up to (not including) the classifier.
 
     Equations (levels ``i = 1..n``, ``c1`` finest; ``up`` is bilinear,
@@ -76,12 +76,8 @@ class MLPDecoder(nn.Module):
     def __init__(
         self, in_channels: Sequence[int], channels: int = 256, dropout: float = 0.1
     ) -> None:
-        super().__init__()
-        if len(in_channels) == 0:
-            raise ValueError(f"{type(self).__name__} needs at least one feature level")
-        self.in_channels = tuple(int(c) for c in in_channels)
+        super().__init__(in_channels, channels)
         self.channels = channels
-        self.out_channels = channels
         # named linear_c1 (finest) .. linear_cn, as in SegFormer, not a ModuleList
         self.level_names = tuple(f"linear_c{i + 1}" for i in range(len(self.in_channels)))
         for name, c in zip(self.level_names, self.in_channels, strict=True):
@@ -107,7 +103,7 @@ class MLPDecoder(nn.Module):
         Shape:
             features: [(B, in_channels[i], H_i, W_i)] -> (B, channels, H_0, W_0)
         """
-        check_features(self, features, self.in_channels)
+        self.check_features(features)
         projs = [cast(LinearProjection, self.get_submodule(n)).proj for n in self.level_names]
         # Fuse weight (E, n·E); its input blocks are ordered [c_n, ..., c_1].
         fuse = self.linear_fuse.conv.weight.flatten(1)
