@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rgbx_fusion.cli.parsing import with_config_spelling
+from rgbx_fusion.experiment import Experiment, build, run
+
 
 def small_cli_args(root: Path, tmp_path: Path) -> list[str]:
     """CLI overrides for one-step training on the tiny generated data, on CPU."""
@@ -17,3 +20,11 @@ def small_cli_args(root: Path, tmp_path: Path) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",
     ]
+
+
+def run_stage(args: list[str]) -> Experiment:
+    """``rgbx-fusion <stage> <options>`` in this process; the experiment it ran."""
+    stage, options = args[0], args[1:]
+    exp = build(args=with_config_spelling(options))
+    run(exp, stage)
+    return exp

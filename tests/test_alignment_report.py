@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_overrides import small_cli_args
+from cli_overrides import run_stage, small_cli_args
 from PIL import Image
 
 from rgbx_fusion.alignment_report import (
@@ -19,7 +19,7 @@ from rgbx_fusion.alignment_report import (
     flow_to_color,
     write_alignment_images,
 )
-from rgbx_fusion.cli import build_cli
+from rgbx_fusion.experiment import build
 from rgbx_fusion.models.align import ALIGNERS, AffineAlign, DeformableAlign, FlowAlign
 from rgbx_fusion.models.align.flow import warp_by_flow
 
@@ -144,13 +144,13 @@ def test_predict_dump_alignment_writes_images(tiny_depth_root: Path, tmp_path: P
         "--trainer.limit_train_batches=1",
         "--trainer.limit_val_batches=1",
     ]
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli = build(args=args)
+    cli.trainer.fit(cli.task, datamodule=cli.datamodule)
     ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
     saved = ckpt.parent.parent / "config.yaml"
     assert yaml.safe_load(saved.read_text())["model"]["network"]["init_args"]["input_align"]
     out = tmp_path / "pred"
-    build_cli(
+    run_stage(
         [
             "predict",
             "--config",

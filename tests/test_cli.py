@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from cli_overrides import small_cli_args
+from cli_overrides import run_stage, small_cli_args
 from PIL import Image
 
-from rgbx_fusion.cli import build_cli, main
+from rgbx_fusion.cli import COMMANDS, main
+from rgbx_fusion.errors import DatasetError
+from rgbx_fusion.experiment import build
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 TRAIN_CONFIGS = [c for c in CONFIGS if "compare" not in c.parts]
 
 
@@ -48,11 +52,11 @@ def test_every_config_runs_fast_dev_run(
         *small_cli_args(root, tmp_path),
         "--trainer.fast_dev_run=true",
     ]
-    build_cli(args)
+    run_stage(args)
 
 
 def _train_tiny(root: Path, tmp_path: Path) -> Path:
-    config = Path(__file__).resolve().parents[1] / "configs" / "synthetic_mid_add.yaml"
+    config = CONFIG_DIR / "synthetic" / "base.yaml"
     args = [
         "--config",
         str(config),
@@ -61,8 +65,8 @@ def _train_tiny(root: Path, tmp_path: Path) -> Path:
         "--trainer.limit_train_batches=2",
         "--model.network.init_args.backbone=resnet18",
     ]
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli = build(args=args)
+    cli.trainer.fit(cli.task, datamodule=cli.datamodule)
     ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
     assert ckpt.is_file()
     return ckpt
@@ -80,11 +84,11 @@ def test_checkpoint_reloads_through_the_cli_and_predict_writes_files(
     hparams = torch.load(ckpt, weights_only=True, map_location="cpu")["hyper_parameters"]
     assert hparams["num_classes"] == 8  # linked from the data, stored with the weights
     # test from the saved config + checkpoint (weights_only loading)
-    cli = build_cli(["--config", str(saved), "--data.num_workers=0"], run=False)
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), weights_only=True)
-    assert 0.0 <= float(cli.model.last_scores["test"]["mIoU"]) <= 1.0
+    cli = build(args=["--config", str(saved), "--data.num_workers=0"])
+    cli.trainer.test(cli.task, datamodule=cli.datamodule, ckpt_path=str(ckpt), weights_only=True)
+    assert 0.0 <= float(cli.task.last_scores["test"]["mIoU"]) <= 1.0
     out = tmp_path / "pred"
-    build_cli(
+    run_stage(
         [
             "predict",
             "--config",
@@ -104,9 +108,9 @@ def test_checkpoint_reloads_through_the_cli_and_predict_writes_files(
 
 
 def test_unknown_config_key_is_rejected(tiny_depth_root: Path, tmp_path: Path, capsys) -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "synthetic_mid_add.yaml"
+    config = CONFIG_DIR / "synthetic" / "base.yaml"
     with pytest.raises(SystemExit):
-        build_cli(["--config", str(config), "--model.lrr=0.1"], run=False)
+        build(args=["--config", str(config), "--model.lrr=0.1"])
     err = capsys.readouterr().err
     assert "lrr" in err and "lr" in err
 
@@ -142,39 +146,126 @@ def test_list_and_prepare_commands(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "s" / "dataset.json").is_file()
 
 
-def test_fit_test_trains_several_configs_into_one_table(
+def test_fit_test_stacks_layers_into_one_run_and_writes_its_scores(
     tiny_depth_root: Path, tmp_path: Path, capsys
 ) -> None:
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    overrides = [
-        f"--override={o}"
-        for o in (
-            *small_cli_args(tiny_depth_root, tmp_path)[1:],
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-        )
+    args = [
+        "fit-test",
+        "--config",
+        str(CONFIG_DIR / "synthetic" / "base.yaml"),
+        "--config",
+        str(CONFIG_DIR / "synthetic" / "rgb_only.yaml"),
+        *small_cli_args(tiny_depth_root, tmp_path),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
     ]
-    out = tmp_path / "results.json"
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    found = list(tmp_path.rglob("test_results.json"))
+    assert len(found) == 1, found  # two layers, one run
+    result = json.loads(found[0].read_text())
+    assert 0.0 <= result["mIoU"] <= 1.0 and len(result["iou"]) == 8
+    assert result["checkpoint"] and Path(result["checkpoint"]).is_file()
+    resolved = yaml.safe_load((found[0].parent / "config.yaml").read_text())
+    assert resolved["model"]["network"]["init_args"]["fusion_stage"] == "rgb_only"
+    assert "cushion_green" in capsys.readouterr().out
+    # TensorBoard curves and the CSV log sit in the run's version folder
+    assert list(found[0].parent.glob("events.out.tfevents.*"))
+    assert (found[0].parent / "metrics.csv").is_file()
+
+
+def test_help_lists_every_subcommand_with_a_summary(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name, (_, _, summary) in COMMANDS.items():
+        assert f"  {name}" in out and summary in out
+
+
+@pytest.mark.parametrize("name", [n for n in COMMANDS if COMMANDS[n][0] != "stages"])
+def test_every_toolkit_option_has_help_text(name: str) -> None:
+    """argparse commands: every option of every (sub)parser says what it does."""
+    import argparse
+    import importlib
+
+    module = importlib.import_module(f"rgbx_fusion.cli.{COMMANDS[name][0]}")
+    if not hasattr(module, "parser"):  # list builds its parser inline
+        return
+    pending = [module.parser()]
+    while pending:
+        parser = pending.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+            elif action.option_strings and action.dest != "help":
+                assert action.help, f"{parser.prog} {action.option_strings[0]} has no help"
+                assert all("_" not in o for o in action.option_strings), action.option_strings
+
+
+def test_stage_help_names_the_command(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "rgbx-fusion fit" in out and "--ckpt_path" in out and "--trainer.max_epochs" in out
+
+
+def test_an_error_prints_its_message_without_a_traceback(tmp_path: Path, capsys) -> None:
+    """`fit` before `prepare`: the missing dataset, named, and exit status 1."""
+    missing = tmp_path / "not_prepared"
+    args = [
+        "fit",
+        "--config",
+        str(CONFIG_DIR / "synthetic" / "base.yaml"),
+        f"--data.dataset.init_args.root={missing}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--data.num-workers=0",  # the other spelling of a config key is accepted
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err and len(err.splitlines()) <= 4
+    with pytest.raises(DatasetError):
+        main(["--traceback", *args])
+
+
+def test_unknown_command_suggests_the_nearest(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["compar"])
+    assert exc.value.code == 2
+    assert "did you mean 'compare'" in capsys.readouterr().err
+
+
+def test_toolkit_flags_accept_the_underscore_spelling(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(
             [
-                "fit-test",
-                "--config",
-                str(configs / "synthetic_mid_add.yaml"),
-                "--config",
-                str(configs / "synthetic_rgb_only.yaml"),
-                "--root",
-                str(tiny_depth_root),
-                "--out",
-                str(out),
-                *overrides,
+                *["prepare", "synthetic", "--root", str(tmp_path / "s"), "--num_train=2"],
+                *["--num_val=1", "--num-test=1", "--height=32", "--width=48", "--workers=1"],
             ]
         )
     assert exc.value.code == 0
-    import json
+    assert len((tmp_path / "s" / "train.txt").read_text().split()) == 2
 
-    results = json.loads(out.read_text())
-    assert [r["name"] for r in results] == ["synthetic_mid_add", "synthetic_rgb_only"]
-    for r in results:
-        assert 0.0 <= r["mIoU"] <= 1.0 and len(r["iou"]) == 8
-    assert "synthetic_rgb_only" in capsys.readouterr().out
+
+def test_nothing_outside_the_cli_package_imports_it() -> None:
+    """The layers point down: the library never imports rgbx_fusion.cli."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "rgbx_fusion"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "cli" in path.relative_to(package).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "rgbx_fusion.cli" or n.startswith("rgbx_fusion.cli.") for n in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not offenders, offenders

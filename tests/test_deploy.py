@@ -11,11 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from cli_overrides import small_cli_args
+from cli_overrides import run_stage, small_cli_args
 from PIL import Image
 
-from rgbx_fusion.cli import build_cli, main
+from rgbx_fusion.cli import main
 from rgbx_fusion.errors import CheckpointError
+from rgbx_fusion.experiment import build
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,13 +27,13 @@ def trained(tiny_depth_root: Path, module_tmp: Path) -> Path:
     out = module_tmp
     args = [
         "--config",
-        str(CONFIGS / "synthetic_mid_add.yaml"),
+        str(CONFIGS / "synthetic" / "base.yaml"),
         *small_cli_args(tiny_depth_root, out),
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
     ]
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli = build(args=args)
+    cli.trainer.fit(cli.task, datamodule=cli.datamodule)
     return Path(cli.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
 
 
@@ -79,9 +80,14 @@ def test_export_torch_export_at_a_given_size(
     assert logits.shape == (1, 8, 32, 40)
 
 
-def test_export_of_a_missing_checkpoint_is_a_typed_error(tmp_path: Path) -> None:
+def test_export_of_a_missing_checkpoint_is_a_typed_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
+        main(["--traceback", "export", "--ckpt", str(tmp_path / "missing.ckpt")])
+    with pytest.raises(SystemExit) as exc:  # without --traceback: the message alone
         main(["export", "--ckpt", str(tmp_path / "missing.ckpt")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "missing.ckpt" in err and "does not exist" in err and "Traceback" not in err
 
 
 def _own_images(root: Path, names: list[str], folder: Path) -> tuple[Path, Path]:
@@ -102,7 +108,7 @@ def test_predict_on_own_rgbd_folders_uses_the_checkpoint_normalisation(
     config = trained.parent.parent / "config.yaml"
     assert yaml.safe_load(config.read_text())["data"]["eval_size"] == [48, 64]
     out = tmp_path / "preds"
-    cli = build_cli(
+    cli = run_stage(
         [
             "predict",
             "--config",

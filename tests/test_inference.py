@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_overrides import small_cli_args
+from cli_overrides import run_stage, small_cli_args
 
 import rgbx_fusion
-from rgbx_fusion.cli import build_cli
 from rgbx_fusion.errors import CheckpointError, WeightsMismatchError
+from rgbx_fusion.experiment import build
 from rgbx_fusion.models.tta import multiscale_probabilities
 from rgbx_fusion.tasks.metrics import SegmentationMetrics
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_mid_add.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "base.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def trained(tiny_depth_root: Path, module_tmp: Path) -> tuple[Path, object]:
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
     ]
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli = build(args=args)
+    cli.trainer.fit(cli.task, datamodule=cli.datamodule)
     ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
     return ckpt, cli
 
@@ -43,7 +43,7 @@ def test_load_model_round_trip(trained: tuple[Path, object]) -> None:
     assert model.preprocess.aux_std == pytest.approx(dm.aux_std)
     assert model.class_names == dm.class_names
     batch = next(iter(dm.test_dataloader()))
-    reference = cli.model.net.eval()  # type: ignore[attr-defined]
+    reference = cli.task.net.eval()  # type: ignore[attr-defined]
     with torch.no_grad():
         torch.testing.assert_close(
             model(batch["rgb"], batch["aux"]), reference(batch["rgb"], batch["aux"])
@@ -92,11 +92,11 @@ def test_cli_test_single_and_multiscale_flip(trained: tuple[Path, object], capsy
     ckpt, _ = trained
     config = ckpt.parent.parent / "config.yaml"
     base = ["test", "--config", str(config), "--data.num_workers=0", f"--ckpt_path={ckpt}"]
-    single = build_cli(base)
-    assert single.model.test_mode == "single-scale"
+    single = run_stage(base)
+    assert single.task.test_mode == "single-scale"
     assert float(single.trainer.callback_metrics["test/eval_scales"]) == 1.0
-    multi = build_cli([*base, "--eval.scales", "0.5,1,1.5", "--eval.flip"])
-    assert multi.model.test_mode == "multi-scale 0.5,1,1.5 + flip"
+    multi = run_stage([*base, "--eval.scales", "0.5,1,1.5", "--eval.flip"])
+    assert multi.task.test_mode == "multi-scale 0.5,1,1.5 + flip"
     assert "test mode: multi-scale 0.5,1,1.5 + flip" in capsys.readouterr().out
     assert float(multi.trainer.callback_metrics["test/eval_flip"]) == 1.0
     model = rgbx_fusion.load_model(ckpt)
@@ -105,6 +105,6 @@ def test_cli_test_single_and_multiscale_flip(trained: tuple[Path, object], capsy
         for batch in multi.datamodule.test_dataloader():
             probs = multiscale_probabilities(model, batch["rgb"], batch["aux"], (0.5, 1, 1.5), True)
             expected.update(probs.argmax(1), batch["mask"])
-    got = multi.model.last_scores["test"]["mIoU"]
+    got = multi.task.last_scores["test"]["mIoU"]
     torch.testing.assert_close(got, expected.scores()["mIoU"])
-    assert np.isfinite(float(single.model.last_scores["test"]["mIoU"]))
+    assert np.isfinite(float(single.task.last_scores["test"]["mIoU"]))

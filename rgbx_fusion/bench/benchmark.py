@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
 from rgbx_fusion.bench.flops import count_flops, count_parameters
@@ -322,20 +321,24 @@ def network_builders(
     return builders
 
 
-def network_init_args(config: str | Path) -> dict[str, Any]:
-    """``model.network.init_args`` of a training config (only RGBXSegmenter is supported).
+def network_init_args(configs: Sequence[str | Path]) -> dict[str, Any]:
+    """``model.network.init_args`` of a training config stack (RGBXSegmenter only).
 
     Backbone initialisations are switched off (``pretrained: false``, no ``backbone_weights``):
     timing does not depend on the weights, and the benchmark runs offline.
     """
-    data = yaml.safe_load(Path(config).read_text())
-    network = (data.get("model") or {}).get("network") or {}
-    cls = network.get("class_path", "rgbx_fusion.models.segmenter.RGBXSegmenter")
-    if not str(cls).endswith("RGBXSegmenter"):
-        raise ConfigError(f"{config}: benchmark supports RGBXSegmenter networks, found {cls}")
+    from rgbx_fusion.experiment import resolve
     from rgbx_fusion.inference import without_initial_weights
 
-    return without_initial_weights(network.get("init_args") or {})
+    network = resolve(configs).get("model.network")
+    cls = str(getattr(network, "class_path", ""))
+    if not cls.endswith("RGBXSegmenter"):
+        raise ConfigError(
+            f"{' + '.join(map(str, configs))}: benchmark supports RGBXSegmenter "
+            f"networks, found {cls or network!r}"
+        )
+    init_args = network.get("init_args")
+    return without_initial_weights(init_args.as_dict() if init_args is not None else {})
 
 
 def paired_ratio(model: Sequence[float], plain: Sequence[float]) -> float | None:

@@ -49,21 +49,21 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def measure_data_rate(
-    config: str,
+    configs: Sequence[str],
     overrides: Sequence[str] = (),
     device: torch.device | None = None,
     warmup: int = 2,
     iters: int = 5,
     batches: int = 8,
 ) -> DataRate:
-    """Loader vs training throughput of ``config`` (with CLI ``overrides``)."""
-    from rgbx_fusion.cli import build_cli
+    """Loader vs training throughput of a config stack (with CLI ``overrides``)."""
+    from rgbx_fusion.experiment import build
     from rgbx_fusion.tasks.optim import adamw
 
     device = device or torch.device("cpu")
     load_before = os.getloadavg()[0]
-    cli = build_cli(["--config", config, *overrides], run=False)
-    dm, task = cli.datamodule, cli.model
+    exp = build(configs, overrides)
+    dm, task = exp.datamodule, exp.task
     loader = dm.train_dataloader()
     prefetched = dm.num_workers * (loader.prefetch_factor or 0)
     stream = _cycle(loader)
@@ -104,7 +104,7 @@ def measure_data_rate(
     train_rate = bs / statistics.median(steps)
     size = list(dm.train_size) if dm.train_size is not None else None
     return DataRate(
-        config,
+        " + ".join(configs),
         bs,
         dm.num_workers,
         size,

@@ -1,7 +1,7 @@
 """The fusion comparison harness: variants × seeds, resumable runs, report, robustness.
 
-``rgbx-fusion compare --config configs/compare/synthetic_depth.yaml [--robustness]``;
-see :mod:`rgbx_fusion.compare.runner` for the output layout and
+``rgbx-fusion compare --config configs/compare/synthetic_depth.yaml [--robustness]``
+(:mod:`rgbx_fusion.cli.compare`); see :mod:`rgbx_fusion.compare.runner` for the output layout and
 :mod:`rgbx_fusion.compare.grid` for the config format.
 """
 
@@ -13,12 +13,11 @@ from rgbx_fusion.compare.grid import (
     parse_compare_config,
 )
 from rgbx_fusion.compare.report import aggregate, mean_std, pareto_front
-from rgbx_fusion.compare.runner import add_compare_parser, run_compare
+from rgbx_fusion.compare.runner import run_compare
 
 __all__ = [
     "CompareConfig",
     "Variant",
-    "add_compare_parser",
     "aggregate",
     "expand_grid",
     "load_compare_config",

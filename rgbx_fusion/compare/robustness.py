@@ -145,14 +145,11 @@ def evaluate_checkpoint(
     perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
 ) -> dict[str, list[float]]:
     """Test mIoU of one checkpoint at every level of every perturbation."""
-    from rgbx_fusion.cli import build_cli
+    from rgbx_fusion.experiment import build
     from rgbx_fusion.tasks.metrics import SegmentationMetrics
 
-    cli = build_cli(
-        ["--config", str(resolved_config), "--data.num_workers=0", "--trainer.logger=false"],
-        run=False,
-    )
-    model, dm = cli.model, cli.datamodule
+    exp = build([resolved_config], {"data.num_workers": 0, "trainer.logger": False})
+    model, dm = exp.task, exp.datamodule
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = ckpt.get(type(dm).__qualname__)
     if isinstance(state, dict):

@@ -21,24 +21,20 @@ Convention:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from torch import nn
 
 from rgbx_fusion.bench.flops import count_flops, count_parameters
-from rgbx_fusion.compare.grid import CompareConfig, Variant, load_compare_config
+from rgbx_fusion.compare.grid import CompareConfig, Variant
+from rgbx_fusion.console import console
 from rgbx_fusion.data.atomic import write_text_atomic
-
-console = Console(width=None if Console().is_terminal else 160)
 
 RunHook = Callable[[Variant, int, dict[str, Any]], None]
 
@@ -104,11 +100,9 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 def run_args(config: CompareConfig, variant: Variant, seed: int, folder: Path) -> list[str]:
-    """The Lightning CLI arguments of one run."""
+    """The config arguments of one run: its layers and overrides, then its folders."""
     return [
-        "--config",
-        str(config.base),
-        *config.cli_args(variant, seed),
+        *config.run_args(variant, seed),
         f"--trainer.default_root_dir={folder}",
         # A fixed folder, so a resumed run restores the best score and path (Lightning
         # forgets them when the dirpath changes, as it would with a new log version).
@@ -128,35 +122,29 @@ def train_one(
 
     ``resume_from``: a ``last.ckpt`` of an interrupted run; training continues from it.
     """
-    from rgbx_fusion.cli import build_cli
+    from rgbx_fusion.experiment import build, fit_and_test
 
     args = run_args(config, variant, seed, folder)
     start = time.perf_counter()
-    cli = build_cli(args, run=False)
-    resume = str(resume_from) if resume_from is not None else None
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume, weights_only=True)
-    ckpt = cli.trainer.checkpoint_callback
-    best = str(getattr(ckpt, "best_model_path", "") or "") or None
-    best_score = getattr(ckpt, "best_model_score", None)
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
-    scores = cli.model.last_scores["test"]
-    net = cli.model.net
-    log_dir = Path(cli.trainer.log_dir or folder)
+    exp = build(args=args)
+    result = fit_and_test(exp, resume_from)
+    net = exp.task.net
+    log_dir = Path(exp.trainer.log_dir or folder)
     return {
         "variant": variant.name,
         "seed": seed,
         **describe_network(net),
-        **_costs(net, cli.datamodule, variant.name, speed),
-        "val_mIoU": float(best_score) if best_score is not None else float("nan"),
-        "test_mIoU": float(scores["mIoU"]),
-        "test_pixel_acc": float(scores["pixel_acc"]),
-        "iou": [float(v) for v in scores["iou"].tolist()],
-        "classes": list(cli.model.class_names),
-        "checkpoint": best,
+        **_costs(net, exp.datamodule, variant.name, speed),
+        "val_mIoU": result.val_miou,
+        "test_mIoU": result.miou,
+        "test_pixel_acc": result.pixel_acc,
+        "iou": result.iou,
+        "classes": result.classes,
+        "checkpoint": result.checkpoint,
         "resolved_config": str(log_dir / "config.yaml"),
-        "overrides": args[2:],
+        "overrides": args,
         "train_seconds": time.perf_counter() - start,
-        "resumed_from": resume,
+        "resumed_from": str(resume_from) if resume_from is not None else None,
     }
 
 
@@ -210,7 +198,7 @@ def run_compare(
             console.print(f"[dim][{i}/{len(runs)}] {label}: done, skipped[/dim]")
             previous = json.loads(done.read_text())
             recorded = previous.get("overrides")
-            if recorded is not None and recorded != run_args(config, variant, seed, folder)[2:]:
+            if recorded is not None and recorded != run_args(config, variant, seed, folder):
                 console.print(
                     f"[yellow]{label}: trained with other settings than the config's now; "
                     f"delete {folder} to train it again[/yellow]"
@@ -235,48 +223,3 @@ def run_compare(
         summary["robustness"] = run_robustness(metrics, out)
     summary["rows"] = write_report(metrics, out)
     return summary
-
-
-def _compare(args: argparse.Namespace) -> int:
-    config = load_compare_config(args.config)
-    out = Path(args.out) if args.out else Path("runs/compare") / Path(args.config).stem
-    summary = run_compare(config, out, robustness=args.robustness, speed=not args.no_speed)
-    console.print(
-        f"compare: {len(summary['trained'])} run(s) trained, {len(summary['skipped'])} reused; "
-        f"report in {out / 'results.md'}"
-    )
-    return 0
-
-
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``compare`` sub-command to an argparse ``add_subparsers()`` object."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "compare",
-        help="train variants × seeds of a base config, report val/test mIoU, costs and plots",
-    )
-    parser.add_argument("--config", required=True, help="compare config (configs/compare/*.yaml)")
-    parser.add_argument(
-        "--out", default=None, help="output folder (default: runs/compare/<config name>)"
-    )
-    parser.add_argument(
-        "--robustness",
-        action="store_true",
-        help="also evaluate each best checkpoint under aux shift / noise / holes and dark RGB",
-    )
-    parser.add_argument(
-        "--no-speed", action="store_true", help="skip latency / peak-memory measurement"
-    )
-    parser.set_defaults(func=_compare)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rgbx_fusion.compare.runner --config ...`` until the CLI wires ``compare``."""
-    parser = argparse.ArgumentParser(prog="rgbx-fusion")
-    add_compare_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

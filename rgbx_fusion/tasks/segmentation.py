@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-from rich.console import Console
 from torch import Tensor, nn
 
+from rgbx_fusion.console import console
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.align.base import AlignBase
 from rgbx_fusion.models.segmenter import RGBXSegmenter
@@ -222,7 +222,7 @@ class SegmentationTask(pl.LightningModule):
         state = self.trainer.state.fn if self._trainer is not None else None
         if state in ("validate", "test") and self.trainer.is_global_zero:
             mode = f" ({self.test_mode})" if split == "test" else ""
-            Console().print(iou_table(f"{split} per-class IoU{mode}", self.class_names, scores))
+            console.print(iou_table(f"{split} per-class IoU{mode}", self.class_names, scores))
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:

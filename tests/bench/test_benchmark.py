@@ -129,7 +129,7 @@ def test_benchmark_command_records_precision_and_layout(tmp_path: Path) -> None:
         tmp_path,
         "benchmark",
         "--config",
-        str(CONFIGS / "synthetic_mid_add.yaml"),
+        str(CONFIGS / "synthetic" / "base.yaml"),
         "--resolutions",
         "32x48",
         "--precision",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from bench_cli import benchmark_report
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 
 
 def test_data_mode_reports_loader_and_training_rates(tiny_depth_root: Path, tmp_path: Path) -> None:

@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
+from rgbx_fusion.cli import main
+from rgbx_fusion.cli.compare import parser as compare_parser
 from rgbx_fusion.compare import Variant, load_compare_config, run_compare
 from rgbx_fusion.compare.robustness import run_robustness
-from rgbx_fusion.compare.runner import add_compare_parser, main, run_dir
+from rgbx_fusion.compare.runner import run_dir
+from rgbx_fusion.experiment import build
 
-BASE = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
+BASE = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 
 
 def _tiny_compare(root: Path, tmp_path: Path) -> Path:
@@ -138,7 +141,6 @@ def test_compare_parser_and_main_run_a_finished_compare(
     tiny_depth_root: Path, tmp_path: Path
 ) -> None:
     """The sub-command reuses finished runs: here every run is faked as done."""
-    import argparse
 
     config_path = _tiny_compare(tiny_depth_root, tmp_path)
     config = load_compare_config(config_path)
@@ -161,11 +163,11 @@ def test_compare_parser_and_main_run_a_finished_compare(
             "classes": ["a", "b"],
         }
         (folder / "metrics.json").write_text(json.dumps(fake))
-    parser = argparse.ArgumentParser()
-    add_compare_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compare", "--config", str(config_path), "--out", str(out)])
-    assert args.func is not None and not args.robustness
-    assert main(["--config", str(config_path), "--out", str(out)]) == 0
+    args = compare_parser().parse_args(["--config", str(config_path), "--out", str(out)])
+    assert not args.robustness
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--config", str(config_path), "--out", str(out)])
+    assert exc.value.code == 0
     text = (out / "results.md").read_text()
     assert "| rgb_only * |" in text  # on the Pareto front: the most accurate
 
@@ -187,21 +189,19 @@ def test_shipped_compare_variants_build(
     name: str, tiny_depth_root: Path, tiny_thermal_root: Path
 ) -> None:
     """Every run's arguments parse and build (model and data), as ``compare`` would."""
-    from rgbx_fusion.cli import build_cli
 
     config = load_compare_config(BASE.parent / "compare" / f"{name}.yaml")
     root = tiny_thermal_root if name == "synthetic_thermal" else tiny_depth_root
     for v in config.variants:
         args = [
-            "--config",
-            str(config.base),
-            *config.cli_args(v, config.seeds[0]),
+            *config.run_args(v, config.seeds[0]),
             f"--data.dataset.init_args.root={root}",  # tiny data instead of the prepared one
             "--model.network.init_args.backbone=resnet10t",  # quicker to build
         ]
-        cli = build_cli(args, run=False)
-        net = cli.model.net
-        assert net.fusion_stage == v.overrides.get("model.network.init_args.fusion_stage", "mid")
+        cli = build(args=args)
+        net = cli.task.net
+        single = {"early", "late", "rgb_only", "aux_only"}
+        assert net.fusion_stage == (v.name if v.name in single else "mid")
         assert (net.input_align is not None) == v.name.endswith("_aligned")
 
 

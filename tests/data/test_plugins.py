@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_overrides import run_stage
 
 from rgbx_fusion.data.plugins import ENTRY_POINT_GROUP, PluginWarning, dataset_registry
 
 PLUGIN_SRC = Path(__file__).resolve().parents[1] / "plugin_pkg"
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 BUILTINS = ("folder", "synthetic", "nyudv2", "sunrgbd", "mfnet", "pst900")
 
 
@@ -98,9 +99,8 @@ def test_broken_plugins_warn_and_are_skipped(tmp_path: Path, monkeypatch) -> Non
 def test_plugin_trains_through_the_cli(
     demo_plugin: None, tiny_depth_root: Path, tmp_path: Path
 ) -> None:
-    from rgbx_fusion.cli import build_cli
 
-    cli = build_cli(
+    cli = run_stage(
         [
             "fit",
             "--config",
@@ -118,5 +118,5 @@ def test_plugin_trains_through_the_cli(
         ]
     )
     assert type(cli.datamodule.base_dataset("train")).__name__ == "DemoRooms"
-    assert cli.model.class_names[-1] == "cushion_green"
+    assert cli.task.class_names[-1] == "cushion_green"
     assert cli.trainer.global_step == 1

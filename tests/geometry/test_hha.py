@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -15,7 +14,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from rgbx_fusion.cli import main
 from rgbx_fusion.data.depth import encode_depth_png16
+from rgbx_fusion.data.hha_folder import precompute_hha
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.geometry.encodings import AUX_ENCODINGS, EncodeAux
 from rgbx_fusion.geometry.hha import (
@@ -26,7 +27,6 @@ from rgbx_fusion.geometry.hha import (
     matlab_uint8,
     square_support_normals,
 )
-from rgbx_fusion.hha_command import add_hha_parser, precompute_hha
 from rgbx_fusion.types import Sample
 
 # NYU toolbox intrinsics are for MATLAB's 1-based pixels; the toolkit's K is 0-based.
@@ -232,10 +232,9 @@ def test_hha_command_writes_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text(
         json.dumps({"depth_format": "png16_mm", "K": K.tolist()})
     )
-    parser = argparse.ArgumentParser()
-    add_hha_parser(parser.add_subparsers())
-    args = parser.parse_args(["hha", "--root", str(tmp_path), "--no-progress"])
-    assert args.func(args) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["hha", "--root", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 0
     out = np.asarray(Image.open(tmp_path / "hha" / "1.png"))
     expected = depth_to_hha(torch.full((30, 40), 2.0), K)[0].permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(out, expected)

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_overrides import run_stage
 from cmx_reference import CMX, randomize
 from PIL import Image
 
 import rgbx_fusion
-from rgbx_fusion.cli import build_cli, main
+from rgbx_fusion.cli import main
 from rgbx_fusion.errors import CheckpointError, WeightsMismatchError
 from rgbx_fusion.inference import build_network, full_network_config
-from rgbx_fusion.models.cmx_checkpoint import (
+from rgbx_fusion.models.convert.cmx import (
     CMX_HEADS,
     build_cmx_network,
     cmx_key_map,
@@ -182,7 +183,9 @@ def test_imported_cmx_runs_through_cli_test_multiscale_flip(
     root = _write_nyu(tmp_path / "nyu", ["1", "2", "3", "4", "5"])
     args = [
         "--config",
-        str(CONFIGS / "nyudv2_cmx_b2.yaml"),
+        str(CONFIGS / "nyudv2" / "base.yaml"),
+        "--config",
+        str(CONFIGS / "nyudv2" / "cmx_b2.yaml"),
         f"--data.dataset.init_args.root={root}",
         "--data.dataset.init_args.val_fraction=0.34",
         "--data.num_workers=0",
@@ -195,9 +198,9 @@ def test_imported_cmx_runs_through_cli_test_multiscale_flip(
         "--eval.scales=0.75,1",
         "--eval.flip",
     ]
-    cli = build_cli(["test", *args])  # runs `rgbx-fusion test`
-    assert cli.model.net.encoder.rgb.name == "mit_b0"  # network from the checkpoint
-    assert cli.model.test_mode == "multi-scale 0.75,1 + flip"
+    cli = run_stage(["test", *args])  # runs `rgbx-fusion test`
+    assert cli.task.net.encoder.rgb.name == "mit_b0"  # network from the checkpoint
+    assert cli.task.test_mode == "multi-scale 0.75,1 + flip"
     assert "multi-scale 0.75,1 + flip" in capsys.readouterr().out
     assert cli.datamodule.aux_mean == IMAGENET_MEAN  # CMX normalisation restored
     assert float(cli.trainer.callback_metrics["test/eval_scales"]) == 2.0
@@ -206,4 +209,4 @@ def test_imported_cmx_runs_through_cli_test_multiscale_flip(
         for batch in cli.datamodule.test_dataloader():
             probs = multiscale_probabilities(cmx_b0, batch["rgb"], batch["aux"], (0.75, 1.0), True)
             expected.update(probs.argmax(1), batch["mask"])
-    torch.testing.assert_close(cli.model.last_scores["test"]["mIoU"], expected.scores()["mIoU"])
+    torch.testing.assert_close(cli.task.last_scores["test"]["mIoU"], expected.scores()["mIoU"])

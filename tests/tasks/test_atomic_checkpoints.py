@@ -8,7 +8,8 @@ import pytest
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from rgbx_fusion.tasks.resume import AtomicCheckpointIO
+from rgbx_fusion.experiment import build
+from rgbx_fusion.tasks.checkpoints import AtomicCheckpointIO
 
 
 def test_an_interrupted_write_leaves_the_previous_checkpoint(
@@ -33,10 +34,6 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(
 def test_the_cli_trainer_writes_atomically(tiny_depth_root: Path, tmp_path: Path) -> None:
     from cli_overrides import small_cli_args
 
-    from rgbx_fusion.cli import build_cli
-
-    config = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
-    cli = build_cli(
-        ["--config", str(config), *small_cli_args(tiny_depth_root, tmp_path)], run=False
-    )
+    config = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
+    cli = build(args=["--config", str(config), *small_cli_args(tiny_depth_root, tmp_path)])
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

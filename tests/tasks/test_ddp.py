@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_overrides import small_cli_args
+from cli_overrides import run_stage, small_cli_args
 
-from rgbx_fusion.cli import build_cli
 from rgbx_fusion.data.sets.synthetic import SyntheticSpec, prepare_synthetic
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 
 
 def _last_row(metrics_csv: Path) -> dict[str, str]:
@@ -50,7 +49,7 @@ def test_two_process_ddp_validation_equals_one_process(tmp_path: Path) -> None:
     log_dir = run / "lightning_logs" / "version_0"
     ddp = _last_row(log_dir / "metrics.csv")
 
-    single = build_cli(
+    single = run_stage(
         [
             "validate",
             "--config",
@@ -62,13 +61,13 @@ def test_two_process_ddp_validation_equals_one_process(tmp_path: Path) -> None:
             f"--trainer.default_root_dir={tmp_path / 'single'}",
         ]
     )
-    scores = single.model.last_scores["val"]
+    scores = single.task.last_scores["val"]
     as_logged = {  # the task logs float32 values
         "val/mIoU": float(scores["mIoU"].float()),
         "val/pixel_acc": float(scores["pixel_acc"].float()),
         **{
             f"val/iou/{name}": float(value)
-            for name, value in zip(single.model.class_names, scores["iou"].float(), strict=True)
+            for name, value in zip(single.task.class_names, scores["iou"].float(), strict=True)
             if not torch.isnan(value)
         },
     }

@@ -8,21 +8,21 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from cli_overrides import small_cli_args
+from cli_overrides import run_stage, small_cli_args
 
 from rgbx_fusion import __version__
-from rgbx_fusion.cli import build_cli
 from rgbx_fusion.errors import (
     ConfigError,
     DeviceMemoryError,
     NonFiniteError,
     WeightsMismatchError,
 )
+from rgbx_fusion.experiment import build
 from rgbx_fusion.models.segmenter import RGBXSegmenter
 from rgbx_fusion.tasks.guards import check_checkpoint_fits, describe_batch
 from rgbx_fusion.tasks.segmentation import SegmentationTask
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 
 
 def _args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -41,8 +41,8 @@ def _args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
 
 
 def _fit(args: list[str]) -> Any:
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli = build(args=args)
+    cli.trainer.fit(cli.task, datamodule=cli.datamodule)
     return cli
 
 
@@ -68,11 +68,11 @@ def test_nan_loss_skip_leaves_the_weights_unchanged(
     tiny_depth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _nan_loss(monkeypatch)
-    cli = build_cli(_args(tiny_depth_root, tmp_path, "--model.nonfinite=skip"), run=False)
-    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    cli = build(args=_args(tiny_depth_root, tmp_path, "--model.nonfinite=skip"))
+    before = {k: v.clone() for k, v in cli.task.state_dict().items()}
     with pytest.warns(RuntimeWarning, match="skipped the update"):
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    after = cli.model.state_dict()
+        cli.trainer.fit(cli.task, datamodule=cli.datamodule)
+    after = cli.task.state_dict()
     changed = [
         k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])
     ]
@@ -107,7 +107,7 @@ def test_cuda_out_of_memory_becomes_advice(
 
     monkeypatch.setattr(SegmentationTask, "training_step", step)
     with pytest.raises(DeviceMemoryError) as info:
-        build_cli(["fit", *_args(tiny_depth_root, tmp_path)])
+        run_stage(["fit", *_args(tiny_depth_root, tmp_path)])
     message = str(info.value)
     assert "Tried to allocate 2.00 GiB" in message
     assert "--data.batch_size (now 2)" in message
@@ -118,7 +118,7 @@ def test_cuda_out_of_memory_becomes_advice(
 @pytest.fixture(scope="module")
 def trained(tiny_depth_root: Path, module_tmp: Path) -> Path:
     out = module_tmp
-    cli = build_cli(["fit", *_args(tiny_depth_root, out)])  # as from the command line
+    cli = run_stage(["fit", *_args(tiny_depth_root, out)])  # as from the command line
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
@@ -145,9 +145,9 @@ def test_checkpoint_of_another_network_lists_the_keys(
     override: str, hint: str, trained: Path, tiny_depth_root: Path, tmp_path: Path
 ) -> None:
     # The CLI rebuilds the network from the checkpoint; Python callers pass their own model.
-    cli = build_cli(_args(tiny_depth_root, tmp_path, override), run=False)
+    cli = build(args=_args(tiny_depth_root, tmp_path, override))
     with pytest.raises(WeightsMismatchError) as info:
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=trained, weights_only=True)
+        cli.trainer.test(cli.task, datamodule=cli.datamodule, ckpt_path=trained, weights_only=True)
     message = str(info.value)
     assert hint in message
     assert "keys" in message and "net." in message

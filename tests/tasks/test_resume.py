@@ -22,7 +22,7 @@ from cli_overrides import small_cli_args
 from rgbx_fusion.data.resume import ResumableLoader, ResumableSampler
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "synthetic_mid_add.yaml"
+CONFIG = ROOT / "configs" / "synthetic" / "base.yaml"
 STEPS_PER_EPOCH = 6  # 12 training samples, batch 2
 
 

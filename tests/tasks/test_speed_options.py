@@ -9,11 +9,11 @@ import pytest
 import torch
 from cli_overrides import small_cli_args
 
-from rgbx_fusion.cli import build_cli
+from rgbx_fusion.experiment import build
 from rgbx_fusion.tasks.guards import NonFiniteGuard
 from rgbx_fusion.tasks.segmentation import SegmentationTask
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_mid_add.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 
 
 def _fit(root: Path, tmp_path: Path, *extra: str) -> Any:
@@ -29,8 +29,8 @@ def _fit(root: Path, tmp_path: Path, *extra: str) -> Any:
         "--model.network.init_args.decoder.init_args.channels=16",
         *extra,
     ]
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli = build(args=args)
+    cli.trainer.fit(cli.task, datamodule=cli.datamodule)
     return cli
 
 
@@ -45,20 +45,19 @@ def test_channels_last_converts_weights_and_inputs(tiny_depth_root: Path, tmp_pa
     def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         seen.extend(t.is_contiguous(memory_format=torch.channels_last) for t in args)
 
-    cli = build_cli(
-        [
+    cli = build(
+        args=[
             "--config",
             str(CONFIG),
             *small_cli_args(tiny_depth_root, tmp_path),
             "--model.network.init_args.backbone=resnet10t",
             "--model.channels_last=true",
-        ],
-        run=False,
+        ]
     )
-    conv = next(m for m in cli.model.net.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(m for m in cli.task.net.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    cli.model.net.register_forward_pre_hook(hook)
-    cli.model.eval()(torch.randn(1, 3, 32, 32), torch.randn(1, 1, 32, 32))
+    cli.task.net.register_forward_pre_hook(hook)
+    cli.task.eval()(torch.randn(1, 3, 32, 32), torch.randn(1, 1, 32, 32))
     assert seen == [True, True]
 
 
@@ -70,7 +69,7 @@ def test_bf16_mixed_channels_last_fit_on_cpu(tiny_depth_root: Path, tmp_path: Pa
         "--model.channels_last=true",
     )
     assert cli.trainer.global_step == 1
-    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+    assert all(torch.isfinite(p).all() for p in cli.task.parameters())
 
 
 @pytest.mark.compile
@@ -91,9 +90,9 @@ def test_compiled_network_fits_one_step(
     cli = _fit(tiny_depth_root, tmp_path, "--model.compile=true")
     assert cli.trainer.global_step == 1
     assert options == [{"dynamic": False}]
-    assert cli.model.net._compiled_call_impl is not None
+    assert cli.task.net._compiled_call_impl is not None
     # compiled in place: checkpoint keys are the eager network's
-    assert not any("_orig_mod" in k for k in cli.model.state_dict())
+    assert not any("_orig_mod" in k for k in cli.task.state_dict())
 
 
 def test_nonfinite_off_skips_the_check(
@@ -111,7 +110,7 @@ def test_nonfinite_off_skips_the_check(
         "rgbx_fusion.tasks.guards.NonFiniteGuard.check", lambda *a, **k: reads.append(1)
     )
     cli = _fit(tiny_depth_root, tmp_path, "--model.nonfinite=off")
-    assert cli.trainer.global_step == 1 and not reads and not cli.model._guard.losses
+    assert cli.trainer.global_step == 1 and not reads and not cli.task._guard.losses
 
 
 def test_guard_reads_losses_and_gradients_together() -> None:

@@ -23,7 +23,6 @@ Convention:
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -193,30 +192,3 @@ def prepare_nyudv2(
     }
     write_text_atomic(out / "prepare.json", json.dumps(info, indent=2))
     return out
-
-
-def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if args.mapping is None:
-        console.print(
-            "[yellow]no --mapping: writing the raw 894-class labels (uint16); "
-            "NYU-40 training needs classMapping40.mat[/yellow]"
-        )
-    root = prepare_nyudv2(args.mat, args.splits, args.out, args.mapping, not args.no_progress)
-    console.print(f"NYUDv2 (SA-Gate layout) ready in {root}")
-    return 0
-
-
-def add_prepare_parsers(prepare_subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add ``prepare nyudv2`` to the ``prepare`` sub-command parsers."""
-    nyu = prepare_subparsers.add_parser(
-        "nyudv2", help="build the SA-Gate NYUDv2 layout from nyu_depth_v2_labeled.mat"
-    )
-    nyu.add_argument("--mat", required=True, help="nyu_depth_v2_labeled.mat (v7.3 / HDF5)")
-    nyu.add_argument("--splits", required=True, help="splits.mat (trainNdxs, testNdxs)")
-    nyu.add_argument("--mapping", default=None, help="classMapping40.mat (mapClass: 894 → 40)")
-    nyu.add_argument("--out", default="datasets/nyudv2", help="output root")
-    nyu.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    nyu.set_defaults(func=_run)

@@ -68,14 +68,13 @@ class ResumeCheckpoint(Callback):
         return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"  # type: ignore[arg-type]
 
     def save_last(self, trainer: pl.Trainer) -> Path | None:
-        """Write ``last.ckpt`` now (through :class:`AtomicCheckpointIO`), as the callback would."""
+        """Write ``last.ckpt`` now through the trainer's checkpoint writer (atomic in runs)."""
         path = self.last_path(trainer)
         if path is None or trainer.sanity_checking or bool(getattr(trainer, "fast_dev_run", False)):
             return None
         cb = self._checkpoint(trainer)
         assert cb is not None
         cb.last_model_path = str(path)  # recorded in the checkpoint's callback state
-        use_atomic_checkpoints(trainer)  # temp file + rename, as every checkpoint write
         trainer.save_checkpoint(path, weights_only=False)
         self.saved.append(path)
         return path
@@ -201,9 +200,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-
-
-def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
-    """Swap the trainer's default checkpoint writer for :class:`AtomicCheckpointIO`."""
-    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()

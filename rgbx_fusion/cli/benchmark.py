@@ -24,13 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from rgbx_fusion.bench.flops import parse_size
+from rgbx_fusion.cli.parsing import ArgumentParser
+from rgbx_fusion.console import console
 from rgbx_fusion.errors import ConfigError
-
-console = Console(width=None if Console().is_terminal else 160)
 
 
 def _save(
@@ -75,7 +74,7 @@ def run_networks(args: argparse.Namespace) -> None:
     builders = network_builders(network_init_args(args.config), args.num_classes, args.aux_channels)
     rows = []
     report: dict[str, Any] = {
-        "config": args.config,
+        "config": " + ".join(args.config),
         "device": str(device),
         "clock": args.clock,
         "threads": torch.get_num_threads(),
@@ -116,7 +115,9 @@ def run_networks(args: argparse.Namespace) -> None:
     report["load"] = _load_text()
     report["rows"] = as_dicts(rows)
     layout = ", channels_last" if speed.channels_last else ""
-    table = Table(title=f"benchmark: {args.config} on {device}, {speed.precision}{layout}")
+    table = Table(
+        title=f"benchmark: {' + '.join(args.config)} on {device}, {speed.precision}{layout}"
+    )
     for col in (
         "variant",
         "size",
@@ -292,19 +293,32 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_benchmark_parser(sub: Any, default_device: str) -> None:
-    """Register ``benchmark`` on the subcommand parsers of ``rgbx-fusion``."""
-    bench = sub.add_parser(
-        "benchmark", help="parameters, GFLOPs, latency, training throughput, memory, overhead"
+def parser() -> argparse.ArgumentParser:
+    """The options of ``rgbx-fusion benchmark``."""
+    import torch
+
+    bench = ArgumentParser(
+        prog="rgbx-fusion benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("--config", default=None, help="training config (YAML)")
+    bench.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="training config layers (repeatable, stacked as in fit)",
+    )
     bench.add_argument("--resolutions", default="240x320", help="comma-separated HxW list")
     bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
-    bench.add_argument("--device", default=default_device)
-    bench.add_argument("--num-classes", type=int, default=40)
-    bench.add_argument("--aux-channels", type=int, default=1)
-    bench.add_argument("--warmup", type=int, default=2)
-    bench.add_argument("--iters", type=int, default=5)
+    bench.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
+    bench.add_argument("--num-classes", type=int, default=40, help="classes of the head")
+    bench.add_argument("--aux-channels", type=int, default=1, help="channels of the aux input")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
+    bench.add_argument("--iters", type=int, default=5, help="timed repeats")
     bench.add_argument("--out", default=None, help="folder for the JSON / CSV results")
     bench.add_argument(
         "--precision",
@@ -330,10 +344,12 @@ def add_benchmark_parser(sub: Any, default_device: str) -> None:
         "--scaling", action="store_true", help="time and memory of attention fusions vs map size"
     )
     scaling.add_argument("--operators", default=None, help="comma-separated names (default: all)")
-    scaling.add_argument("--scaling-images", default="120x160,240x320,480x640")
+    scaling.add_argument(
+        "--scaling-images", default="120x160,240x320,480x640", help="comma-separated HxW list"
+    )
     scaling.add_argument("--scaling-stride", type=int, default=8, help="map = image / stride")
-    scaling.add_argument("--scaling-channels", type=int, default=64)
-    scaling.add_argument("--scaling-batch", type=int, default=2)
+    scaling.add_argument("--scaling-channels", type=int, default=64, help="map channels")
+    scaling.add_argument("--scaling-batch", type=int, default=2, help="batch size")
     data = bench.add_argument_group("data-loading throughput (--data)")
     data.add_argument(
         "--data", action="store_true", help="loader images/s vs training images/s of --config"
@@ -352,4 +368,8 @@ def add_benchmark_parser(sub: Any, default_device: str) -> None:
         default="0,0.1",
         help="fractions of pixels marked missing (0: hole-filled depth; default 0,0.1)",
     )
-    bench.set_defaults(func=run_benchmark)
+    return bench
+
+
+def run(argv: Sequence[str]) -> int:
+    return run_benchmark(parser().parse_args(list(argv)))

@@ -1,13 +1,20 @@
-"""``rgbx-fusion export``: the command line around :mod:`rgbx_fusion.export`."""
+"""``rgbx-fusion export``: a checkpoint's network as ONNX or a torch.export program.
+
+The exported graph maps normalised ``(rgb, aux)`` to logits; its outputs are
+compared with PyTorch's on seeded inputs (parity), and a JSON file beside it
+records the normalisation, class names and input shapes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from rgbx_fusion.cli.parsing import ArgumentParser
+from rgbx_fusion.console import console
 from rgbx_fusion.data.atomic import write_text_atomic
 from rgbx_fusion.export import (
     DEFAULT_SIZE,
@@ -22,7 +29,6 @@ from rgbx_fusion.export import (
 def run_export(args: argparse.Namespace) -> int:
     """``rgbx-fusion export``: rebuild, export, check parity, write the JSON description."""
     from rgbx_fusion.bench.flops import parse_size
-    from rgbx_fusion.commands import console
 
     trained = load_trained_network(args.ckpt)
     size = parse_size(args.size) if args.size else trained.eval_size or DEFAULT_SIZE
@@ -56,13 +62,10 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_parser(sub: Any) -> None:
-    """Register ``export`` on the subcommand parsers of ``rgbx-fusion``."""
-    exp = sub.add_parser(
-        "export", help="export a checkpoint's network to ONNX / torch.export, with parity check"
-    )
+def parser() -> argparse.ArgumentParser:
+    exp = ArgumentParser(prog="rgbx-fusion export", description=__doc__)
     exp.add_argument("--ckpt", required=True, help="checkpoint written by `rgbx-fusion fit`")
-    exp.add_argument("--format", choices=FORMATS, default="onnx")
+    exp.add_argument("--format", choices=FORMATS, default="onnx", help="output format")
     exp.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
     exp.add_argument(
         "--size",
@@ -73,4 +76,8 @@ def add_export_parser(sub: Any) -> None:
     exp.add_argument("--batch", type=int, default=1, help="batch size of a static export")
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
     exp.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |Δlogit| allowed")
-    exp.set_defaults(func=run_export)
+    return exp
+
+
+def run(argv: Sequence[str]) -> int:
+    return run_export(parser().parse_args(list(argv)))

@@ -1,4 +1,4 @@
-"""``rgbx-fusion hha``: precompute HHA images for every depth file of a folder dataset.
+"""HHA images precomputed for every depth file of a folder dataset (``rgbx-fusion hha``).
 
 Reads the generic folder layout (:mod:`rgbx_fusion.data.sets.folder`): ``root/depth/<name>``
 in the ``depth_format`` of ``root/dataset.json`` (or ``--depth-format``), intrinsics ``K``
@@ -10,7 +10,6 @@ so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -144,51 +143,3 @@ def precompute_hha(
                 for _ in pool.imap_unordered(_hha_job, jobs, chunksize=4):
                     bar.advance(task)
     return HHAReport(written=len(jobs), skipped=skipped, out_dir=out)
-
-
-def add_hha_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``hha`` on an ``argparse`` subparsers object; sets ``func=run_hha``."""
-    p = subparsers.add_parser(
-        "hha",
-        help="precompute HHA PNGs for every depth file of a folder dataset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--root", required=True, help="dataset root (generic folder layout)")
-    p.add_argument("--out-dir", default="hha", help="output folder, relative to --root")
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--depth-format", choices=DEPTH_FORMATS, default=None)
-    p.add_argument("--raw-dir", default=None, help="raw depth folder: its zeros = missing")
-    for name in ("fx", "fy", "cx", "cy"):
-        p.add_argument(f"--{name}", type=float, default=None, help="overrides dataset.json K")
-    p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_hha)
-    return p
-
-
-def run_hha(args: argparse.Namespace) -> int:
-    """Entry point of ``rgbx-fusion hha``; returns the exit status."""
-    from rich.console import Console
-
-    given = [getattr(args, n) for n in ("fx", "fy", "cx", "cy")]
-    if any(v is not None for v in given) and not all(v is not None for v in given):
-        raise ConfigError("give all four of --fx --fy --cx --cy, or none")
-    K = None
-    if all(v is not None for v in given):
-        fx, fy, cx, cy = given
-        K = [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
-    report = precompute_hha(
-        args.root,
-        args.out_dir,
-        args.workers,
-        args.depth_format,
-        K,
-        args.raw_dir,
-        args.overwrite,
-        not args.no_progress,
-    )
-    Console().print(
-        f"HHA: {report.written} written, {report.skipped} already present, in {report.out_dir}"
-    )
-    return 0
