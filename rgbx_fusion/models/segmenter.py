@@ -25,11 +25,10 @@ from torch import Tensor, nn
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.align.base import AlignBase
 from rgbx_fusion.models.decoders.fpn import FPNDecoder
-from rgbx_fusion.models.encoders import DualEncoder, StagedBackbone
+from rgbx_fusion.models.encoders import DualEncoder, StagedBackbone, weights_file_kwargs
 from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase
 from rgbx_fusion.models.fusion.simple import AddFusion
 from rgbx_fusion.models.late import LateFusion, SegmentationBranch
-from rgbx_fusion.models.weights import weights_file_kwargs
 
 FusionFactory = Callable[[int], FusionBase]
 RectifyFactory = Callable[[int], RectifyBase]
@@ -75,7 +74,7 @@ class RGBXSegmenter(nn.Module):
         dropout: dropout before the classifier.
         backbone_weights: local weights file for the backbone of both streams, e.g.
             SegFormer's ``mit_b2.pth`` with ``backbone: mit_b2`` (converted by
-            :mod:`rgbx_fusion.models.weights`); implies ``pretrained``.
+            :mod:`rgbx_fusion.models.convert.mit`); implies ``pretrained``.
         aux_head_channels: width of an auxiliary classifier on the aux stream alone (mid
             fusion; 0 = none). During training it predicts the labels from the aligned aux
             features of every stage, so the aligners get a gradient that only a correctly

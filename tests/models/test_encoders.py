@@ -57,12 +57,12 @@ def test_unknown_model_is_a_config_error() -> None:
 
 def test_pretrained_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from rgbx_fusion.errors import OfflineWeightsError
-    from rgbx_fusion.models import encoders
+    from rgbx_fusion.models.encoders import staged
 
     def offline(*args, **kwargs):
         raise OSError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(encoders.timm, "create_model", offline)
+    monkeypatch.setattr(staged.timm, "create_model", offline)
     with pytest.raises(OfflineWeightsError, match="pretrained: false"):
         StagedBackbone("resnet18", pretrained=True)
 
@@ -88,17 +88,17 @@ def test_early_fusion_with_pretrained_weights_extends_rgb_filters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """pretrained + 4 inputs: built with 3 channels (the pretrained ones), then extended."""
-    from rgbx_fusion.models import encoders
+    from rgbx_fusion.models.encoders import staged
 
     calls = []
-    real = encoders.timm.create_model
+    real = staged.timm.create_model
 
     def fake(name, **kwargs):
         calls.append(kwargs["in_chans"])
         kwargs["pretrained"] = False  # offline: stand-in for the downloaded weights
         return real(name, **kwargs)
 
-    monkeypatch.setattr(encoders.timm, "create_model", fake)
+    monkeypatch.setattr(staged.timm, "create_model", fake)
     backbone = StagedBackbone("resnet18", 4, pretrained=True)
     assert calls == [3]
     first = backbone.segments[0][0]

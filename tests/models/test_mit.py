@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +19,15 @@ from rgbx_fusion.errors import (
     OfflineWeightsError,
     WeightsMismatchError,
 )
-from rgbx_fusion.models.segmenter import RGBXSegmenter
-from rgbx_fusion.models.weights import (
-    MIT_SPECS,
+from rgbx_fusion.models.convert.mit import (
     convert_mit_state_dict,
-    create_mit,
     detect_mit_variant,
     load_mit,
     mit_key_map,
     mit_shapes,
 )
+from rgbx_fusion.models.encoders.mit import MIT_SPECS, create_mit
+from rgbx_fusion.models.segmenter import RGBXSegmenter
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,14 @@ def test_bad_inputs_raise_typed_errors(tmp_path: Path, mit_b0_file: Path) -> Non
         RGBXSegmenter(
             3, backbone="mit_b0", aux_backbone="resnet18", backbone_weights=str(mit_b0_file)
         )
+
+
+def test_any_encoder_import_registers_the_mit_family() -> None:
+    """``backbone: mit_b2`` works wherever a stream is built, whichever module was imported."""
+    code = (
+        "import timm\n"
+        "from rgbx_fusion.models.encoders.staged import StagedBackbone\n"
+        "assert timm.list_models('mit_b*') == [f'mit_b{i}' for i in range(6)]\n"
+        "assert StagedBackbone('mit_b0').feature_spec.channels == (32, 64, 160, 256)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

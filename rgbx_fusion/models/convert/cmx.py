@@ -9,7 +9,7 @@ stage feeding an all-MLP decoder. In rgbx-fusion that is an
 :func:`cmx_network_config` writes that configuration.
 
 Key mapping (official CMX ``EncoderDecoder`` names, ``i`` = 1…4 the stage,
-``s = i - 1``; MiT keys inside a stream as in :mod:`rgbx_fusion.models.weights`,
+``s = i - 1``; MiT keys inside a stream as in :mod:`rgbx_fusion.models.convert.mit`,
 ``T(k)`` = the timm name of MiT key ``k``, placed in the stream's stage
 segment: ``patch_embed.*`` → ``segments.0.patch_embed.*``, ``stages.{s}.*`` →
 ``segments.{s}.stages_{s}.*``)::
@@ -40,7 +40,7 @@ reported, never silently.
 Input convention of the released models: both images 3-channel, scaled to
 [0, 1] and normalised with the ImageNet mean and std (HHA for NYU Depth v2,
 thermal repeated to three channels for MFNet). The checkpoint written by
-``rgbx-fusion import cmx`` (:mod:`rgbx_fusion.import_command`) stores that
+``rgbx-fusion import cmx`` (:mod:`rgbx_fusion.tasks.imported_checkpoint`) stores that
 normalisation as the data module's aux statistics.
 
 Not reproduced: CMX's stochastic-depth rates in stage 2 (each stream uses one
@@ -59,8 +59,8 @@ from typing import Any
 from torch import Tensor
 
 from rgbx_fusion.errors import CheckpointError
+from rgbx_fusion.models.convert.mit import mit_key_map, resolve_variant
 from rgbx_fusion.models.state_dict import check_keys
-from rgbx_fusion.models.weights import mit_key_map, resolve_variant
 
 #: FFM/FRM heads per stage in CMX (the MiT attention heads).
 CMX_HEADS = (1, 2, 5, 8)

@@ -10,15 +10,15 @@ segments reuse timm's own modules: weights, pretrained loading and
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from torch import Tensor, nn
 
-import rgbx_fusion.models.weights  # noqa: F401  (registers mit_b0 … mit_b5 with timm)
-from rgbx_fusion.errors import ConfigError, OfflineWeightsError
+from rgbx_fusion.errors import CheckpointError, ConfigError, OfflineWeightsError
 from rgbx_fusion.types import FeatureSpec
 
 
@@ -42,6 +42,32 @@ def create_features_model(name: str, in_chans: int, pretrained: bool, **kwargs: 
             "offline: set pretrained: false, or pass a local file with "
             "backbone_kwargs: {pretrained_cfg_overlay: {file: /path/to/weights}}"
         ) from exc
+
+
+def weights_file_kwargs(
+    path: str | Path, kwargs: Mapping[str, Any], backbone: str, aux_backbone: str | None = None
+) -> dict[str, Any]:
+    """``timm.create_model`` arguments that load ``path`` into ``backbone`` (both streams).
+
+    The file goes through timm's ``pretrained_cfg_overlay``, so the model's own
+    checkpoint filter runs (for ``mit_b*``, the official-weights conversion of
+    :mod:`rgbx_fusion.models.convert.mit`).
+
+    Raises:
+        ConfigError: the two streams are different models (one file cannot fit both).
+        CheckpointError: ``path`` is not a file.
+    """
+    if aux_backbone not in (None, backbone):
+        raise ConfigError(
+            f"backbone_weights is one file for both streams, but the aux stream is "
+            f"{aux_backbone!r} and the rgb stream {backbone!r}; use the same backbone, or pass "
+            "per-stream files through backbone_kwargs"
+        )
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"backbone_weights: {p} does not exist")
+    overlay = {**dict(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(p)}
+    return {**kwargs, "pretrained_cfg_overlay": overlay}
 
 
 def extend_input_channels(model: nn.Module, in_chans: int) -> None:
@@ -268,4 +294,10 @@ class DualEncoder(nn.Module):
         return out_r, out_a
 
 
-__all__ = ["DualEncoder", "StagedBackbone", "create_features_model", "extend_input_channels"]
+__all__ = [
+    "DualEncoder",
+    "StagedBackbone",
+    "create_features_model",
+    "extend_input_channels",
+    "weights_file_kwargs",
+]
