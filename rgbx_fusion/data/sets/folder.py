@@ -1,16 +1,6 @@
 """Generic folder dataset: ``rgb/``, ``depth/`` or ``thermal/``, ``labels/`` and split files.
 
-On-disk layout (see ``datasets/README.md``)::
-
-    root/
-      dataset.json          optional: classes, palette, ignore_index, modality, depth_format, K
-      meta.json             optional: per-sample metadata {name: {...}}
-      splits/{train,val,test}.txt   one sample name (file stem) per line
-      rgb/<name>.png|jpg    colour image, 8-bit RGB
-      depth/<name>.png|npy  depth in the declared ``depth_format``      (modality "depth")
-      thermal/<name>.png    8- or 16-bit thermal image, scaled to [0, 1] (modality "thermal")
-      labels/<name>.png     8-bit class indices, ``ignore_index`` (255) = unlabelled
-
+On-disk layout and ``depth_format`` values: ``datasets/README.md``, "Generic folder layout".
 Every listed file is checked when the dataset is built, so a missing file fails
 at once with its name, not later inside a DataLoader worker.
 """

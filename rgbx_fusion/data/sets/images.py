@@ -1,21 +1,9 @@
 """Unlabelled RGB + depth (or thermal) images from one's own sensor, for ``predict``.
 
-Two folders, paired by file stem; no split files, labels or ``dataset.json``::
-
-    rgb_dir/<stem>.png|jpg     colour image, 8-bit RGB
-    aux_dir/<stem>.png|npy     depth in the declared ``depth_format``  (modality "depth")
-    aux_dir/<stem>.png|tif     8- or 16-bit thermal image              (modality "thermal")
-
-Used in place of the training dataset when predicting with a trained run::
-
-    rgbx-fusion predict --config <run>/config.yaml --ckpt_path <ckpt> --output_dir preds/ \\
-      --data.dataset.class_path=rgbx_fusion.data.sets.images.ImageFolderRGBX \\
-      --data.dataset.init_args.rgb_dir=my_rgb --data.dataset.init_args.aux_dir=my_depth \\
-      --data.dataset.init_args.depth_format=png16_mm \\
-      --data.dataset.init_args.checkpoint=<ckpt>
-
-Aux normalisation comes from the checkpoint (``predict`` restores it before reading any
-image); it is never estimated from these images.
+Two folders paired by file stem, without split files, labels or ``dataset.json``
+(layout: ``datasets/README.md``, "Your own images for prediction"; the ``predict``
+command line: ``docs/deployment.md``). The aux normalisation always comes from the
+checkpoint; it is never estimated from these images.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """MFNet (Ha et al., IROS 2017): 1569 RGB-thermal urban driving images, 9 classes, day and night.
 
-Layout (the release's ``ir_seg_dataset`` folder)::
-
-    root/
-      train.txt, val.txt, test.txt        one name per line, e.g. ``00001D``
-      test_day.txt, test_night.txt        optional: without them the names of test.txt
-                                          ending in D (day) / N (night) are used
-      images/<name>.png                   640×480, 4 channels: R, G, B, thermal (8-bit each)
-      labels/<name>.png                   uint8 class ids 0..8
-
-Class 0 ("unlabelled") is a real class of MFNet, counted in its mIoU, so the
-labels are used as stored: no ``gt - 1``. The aux channel is the thermal
-channel scaled to [0, 1].
+Layout (the release's ``ir_seg_dataset`` folder): ``datasets/README.md``, "MFNet".
+Class 0 ("unlabelled") is counted in MFNet's mIoU, so labels are used as stored;
+the aux channel is the thermal channel scaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -61,7 +52,7 @@ class MFNet(PairedFiles):
 
     Args:
         split: ``"train"``, ``"val"``, ``"test"``, ``"test_day"`` or ``"test_night"``.
-        root: dataset root (see the module docstring).
+        root: dataset root (layout: ``datasets/README.md``, "MFNet").
         names: use these sample names instead of the split file.
     """
 

@@ -1,30 +1,9 @@
 """NYU Depth v2 (NYUDv2): 1449 labelled indoor RGB-D frames, official split 795 train / 654 test.
 
-Two on-disk layouts are read (``layout``; detected from the folders when not given).
-
-SA-Gate / CMX layout (``"sagate"``; ``rgbx-fusion prepare nyudv2`` writes it)::
-
-    root/
-      train.txt, test.txt  lines ``RGB/<i>.jpg<TAB>Label/<i>.png`` or bare names ``<i>``
-      RGB/<i>.jpg          colour image, 640×480
-      HHA/<i>.jpg          HHA encoding of the depth, 3 × uint8
-      Depth/<i>.npy        float depth in metres (``.png`` when a PNG depth_format is declared)
-      Label/<i>.png        uint8, 0 = void, 1..40 = NYU-40 classes
-
-``<i>`` is the 0-based frame index of ``nyu_depth_v2_labeled.mat``.
-
-ESANet layout (``"esanet"``, written by ESANet's ``prepare_dataset.py``)::
-
-    root/
-      train.txt, test.txt                names ``%04d`` (1-based frame index, as in splits.mat)
-      {train,test}/rgb/<name>.png        colour image
-      {train,test}/depth/<name>.png      uint16 millimetres, filled depth ("depths" in the .mat)
-      {train,test}/depth_raw/<name>.png  uint16 millimetres, raw depth (holes = 0)
-      {train,test}/labels_40/<name>.png  uint8, 0 = void, 1..40
-
-Labels become 0..39 with void → 255; ``num_classes=13`` maps them further with
-the standard 40 → 13 mapping. ``meta["K"]`` holds the intrinsics of the NYU
-RGB camera at 640×480.
+Two on-disk layouts are read (``layout``: ``"sagate"``, written by ``rgbx-fusion prepare
+nyudv2``, or ``"esanet"``), both described in ``datasets/README.md``, "NYU Depth v2".
+Labels become 0..39 with void → 255; ``num_classes=13`` maps them further with the
+standard 40 → 13 mapping. ``meta["K"]`` holds the NYU RGB camera's intrinsics at 640×480.
 """
 
 from __future__ import annotations
@@ -125,16 +104,12 @@ def detect_layout(root: Path) -> str:
 class NYUDv2(PairedFiles):
     """NYU Depth v2 with NYU-40 (or 13) labels, depth in metres and/or HHA.
 
-    NYUDv2 ships only train and test. Choosing a checkpoint or hyper-parameters
-    on test leaks test into training decisions and inflates the reported
-    score, so split ``"val"`` is a subset of train drawn with a fixed seed
-    (``val_fraction``, ``val_seed``) and split ``"train"`` then excludes it.
-    Frames are drawn individually: neighbouring frames of one scene may fall on
-    both sides, so val is a little optimistic, but test stays untouched.
+    NYUDv2 ships only train and test; split ``"val"`` is a fixed-seed subset of
+    train that ``"train"`` then excludes (``datasets/README.md``, "Validation split").
 
     Args:
         split: ``"train"``, ``"val"`` (carved from train) or ``"test"``.
-        root: dataset root (see the module docstring for both layouts).
+        root: dataset root (layouts: ``datasets/README.md``, "NYU Depth v2").
         aux: ``"depth"`` (1 channel, metres), ``"hha"`` (3 channels in [0, 1]) or
             ``"depth+hha"`` (4 channels: depth first).
         num_classes: 40 (NYU-40) or 13 (the standard 40 → 13 mapping).

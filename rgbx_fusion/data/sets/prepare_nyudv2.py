@@ -1,18 +1,11 @@
 """Build the SA-Gate NYUDv2 layout from the official files.
 
 ``rgbx-fusion prepare nyudv2 --mat nyu_depth_v2_labeled.mat --splits splits.mat
---mapping classMapping40.mat --out datasets/nyudv2`` writes::
-
-    out/
-      RGB/<i>.jpg     colour image (JPEG, quality 95)
-      Depth/<i>.npy   float32 depth in metres (the filled "depths" of the .mat)
-      Label/<i>.png   uint8, 0 = void, 1..40 (with --mapping); uint16 raw 1..894 without it
-      train.txt, test.txt   lines ``RGB/<i>.jpg<TAB>Label/<i>.png``
-      prepare.json    what was written (label set, counts); written last
-
-``<i>`` is the 0-based frame index (MATLAB index − 1). HHA images are not
-computed here. Every file is written atomically and frames already on disk
-are skipped, so an interrupted run resumes where it stopped.
+--mapping classMapping40.mat --out datasets/nyudv2`` writes ``RGB/``, ``Depth/`` (float32
+metres), ``Label/``, the split files and, last, ``prepare.json``; the layout and what
+happens without ``--mapping`` are described in ``datasets/README.md``, "NYU Depth v2".
+HHA images are not computed here. Every file is written atomically and frames already
+on disk are skipped, so an interrupted run resumes where it stopped.
 
 Convention:
     ``nyu_depth_v2_labeled.mat`` is MATLAB v7.3 (HDF5), read with h5py, where

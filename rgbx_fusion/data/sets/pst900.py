@@ -1,17 +1,7 @@
 """PST900 (Shivakumar et al., ICRA 2020): RGB-thermal images from subterranean environments.
 
-Layout (the ``PST900_RGBT_Dataset`` release)::
-
-    root/
-      train.txt, test.txt             optional: one name per line; without them every
-                                      image in <split>/rgb/ is used
-      {train,test}/rgb/<name>.png     colour image, 1280×720
-      {train,test}/thermal/<name>.png 8-bit thermal (FLIR AGC), registered to the RGB image
-      {train,test}/depth/<name>.png   uint16 depth from stereo (unit: declare depth_format)
-      {train,test}/labels/<name>.png  uint8 class ids 0..4
-
-Class 0 ("background") is a real class, counted in PST900's mIoU: labels are
-used as stored, with no ``gt - 1``.
+Layout (the ``PST900_RGBT_Dataset`` release): ``datasets/README.md``, "PST900".
+Class 0 ("background") is counted in PST900's mIoU, so labels are used as stored.
 """
 
 from __future__ import annotations
@@ -48,7 +38,7 @@ class PST900(PairedFiles):
 
     Args:
         split: ``"train"``, ``"val"`` (carved from train) or ``"test"``.
-        root: dataset root (see the module docstring).
+        root: dataset root (layout: ``datasets/README.md``, "PST900").
         aux: ``"thermal"`` (8-bit → [0, 1]), ``"depth"`` (metres) or
             ``"thermal+depth"`` (2 channels, thermal first).
         depth_format: on-disk depth encoding, required when depth is used: the

@@ -1,21 +1,9 @@
 """SUN RGB-D: 10 335 indoor RGB-D images from four sensors, 37 classes, 5285 train / 5050 test.
 
-Layout read here (one folder per split and modality, one file per image and
-modality sharing the image's name; the layout of the preprocessed copies used
-by public RGB-D segmentation code, with SUN RGB-D's ``intrinsics.txt`` added)::
-
-    root/
-      train.txt, test.txt                 optional: one name per line; without them every
-                                          image in <split>/rgb/ is used
-      {train,test}/rgb/<name>.jpg|png     colour image (sizes differ between sensors)
-      {train,test}/depth/<name>.png       uint16, millimetres rotated by 3 bits (SUN RGB-D's
-                                          own encoding, e.g. the ``depth_bfx`` images)
-      {train,test}/labels/<name>.png      uint8, 0 = void, 1..37 = classes
-      {train,test}/intrinsics/<name>.txt  3×3 K of the RGB camera, row-major, 9 numbers
-                                          (the ``intrinsics.txt`` of the image's folder)
-
-Depth decodes as ``((v >> 3) | (v << 13)) / 1000`` metres. Labels become 0..36
-with void → 255. ``meta["K"]`` is the image's own intrinsic matrix.
+Layout (per-split folders of rgb, depth, labels and each image's intrinsics):
+``datasets/README.md``, "SUN RGB-D". Depth is SUN RGB-D's own encoding (millimetres
+rotated by 3 bits); labels become 0..36 with void → 255; ``meta["K"]`` is the image's
+own intrinsic matrix.
 """
 
 from __future__ import annotations
@@ -110,7 +98,7 @@ class SUNRGBD(PairedFiles):
 
     Args:
         split: ``"train"``, ``"val"`` (carved from train) or ``"test"``.
-        root: dataset root (see the module docstring).
+        root: dataset root (layout: ``datasets/README.md``, "SUN RGB-D").
         depth_format: on-disk depth encoding; SUN RGB-D's own is ``"sun_rotated"``.
             A depth range that contradicts it is an error naming the file.
         val_fraction: fraction of train that forms ``"val"`` (0 = no val split).

@@ -1,9 +1,10 @@
 """The embedded synthetic RGB-D / RGB-T dataset: generator (``prepare``) and reader.
 
 ``rgbx-fusion prepare synthetic --root datasets/synthetic`` renders a
-deterministic dataset (see :mod:`rgbx_fusion.data.sets.synthetic_scene` for what
-is in a frame) and writes it in the generic folder layout, so training on it
-exercises the same reader as real data.
+deterministic dataset (:mod:`rgbx_fusion.data.sets.synthetic_scene` renders one frame)
+and writes it in the generic folder layout, so training on it exercises the same
+reader as real data. Classes and generator options: ``datasets/README.md``,
+"Synthetic data".
 """
 
 from __future__ import annotations

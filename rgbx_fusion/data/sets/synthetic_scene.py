@@ -2,19 +2,11 @@
 
 A pinhole camera (NYU-like intrinsics, scaled to the image size) looks into a
 room: floor, back and side walls are ray-cast, cabinets are ray-cast boxes on
-the floor. Flat objects are then painted on the walls and floor in image space
-so that some classes differ *only in geometry* and others *only in colour*:
-
-* ``panel`` / ``poster`` / ``niche`` share one texture distribution and one
-  outline distribution on the walls; a panel protrudes, a poster is flush and a
-  niche is recessed. Only depth tells them apart.
-* ``cushion_red`` / ``cushion_green`` share one dome geometry and differ only in
-  hue. Only colour tells them apart.
-
-Depth gets a structured-light sensor model: noise growing with distance²,
-missing pixels at depth edges, on dark patches and on specular blobs, and
-millimetre quantisation when written. At night (thermal modality) the RGB image
-is dark and noisy and warm objects show only in the thermal channel.
+the floor. Flat objects are then painted on the walls and floor in image space,
+so that some classes differ *only in geometry* (panel / poster / niche) and others
+*only in colour* (cushion_red / cushion_green). Depth then passes through a
+structured-light sensor model. The class table and the sensor model's numbers:
+``datasets/README.md``, "Synthetic data".
 """
 
 from __future__ import annotations
