@@ -1,4 +1,4 @@
-"""CLI smoke tests: every YAML in configs/ trains for one step on generated data."""
+"""CLI tests: stages, checkpoints, predict and the toolkit commands (configs: test_configs.py)."""
 
 from __future__ import annotations
 
@@ -17,42 +17,6 @@ from rgbx_fusion.errors import DatasetError
 from rgbx_fusion.experiment import build
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
-TRAIN_CONFIGS = [c for c in CONFIGS if "compare" not in c.parts]
-
-
-def _synthetic_root(config: Path, depth: Path, thermal: Path) -> Path:
-    data = yaml.safe_load(config.read_text())["data"]
-    modality = data["dataset"].get("init_args", {}).get("modality", "depth")
-    return thermal if modality == "thermal" else depth
-
-
-@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.stem)
-def test_every_config_runs_fast_dev_run(
-    config: Path, tiny_depth_root: Path, tiny_thermal_root: Path, tmp_path: Path
-) -> None:
-    text = yaml.safe_load(config.read_text())
-    ds_class = text["data"]["dataset"]["class_path"]
-    extra = []
-    if not ds_class.endswith("SyntheticRGBX"):
-        # Recipes for real datasets: same model, swapped onto generated data, offline.
-        extra = [
-            "--data.dataset=rgbx_fusion.data.sets.synthetic.SyntheticRGBX",
-            "--model.network.init_args.pretrained=false",
-            "--trainer.precision=32-true",
-        ]
-        if "backbone_weights" in text["model"]["network"].get("init_args", {}):
-            extra.append("--model.network.init_args.backbone_weights=null")
-    root = _synthetic_root(config, tiny_depth_root, tiny_thermal_root)
-    args = [
-        "fit",
-        "--config",
-        str(config),
-        *extra,
-        *small_cli_args(root, tmp_path),
-        "--trainer.fast_dev_run=true",
-    ]
-    run_stage(args)
 
 
 def _train_tiny(root: Path, tmp_path: Path) -> Path:
@@ -248,7 +212,7 @@ def test_toolkit_flags_accept_the_underscore_spelling(tmp_path: Path) -> None:
             ]
         )
     assert exc.value.code == 0
-    assert len((tmp_path / "s" / "train.txt").read_text().split()) == 2
+    assert len((tmp_path / "s" / "splits" / "train.txt").read_text().split()) == 2
 
 
 def test_nothing_outside_the_cli_package_imports_it() -> None:
