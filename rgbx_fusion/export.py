@@ -313,7 +313,7 @@ def _parts(net: nn.Module) -> list[tuple[str, nn.Module]]:
     """The swappable parts of a network: aligners, rectifiers, fusions, decoders."""
     from rgbx_fusion.models.align.base import AlignBase
     from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase
-    from rgbx_fusion.models.late import LateFusion
+    from rgbx_fusion.models.topologies.late import LateFusion
 
     kinds = (AlignBase, FusionBase, RectifyBase, LateFusion)
     return [

@@ -1,6 +1,7 @@
-"""RGBXSegmenter: encoder(s) + aligners + fusions + decoder + head, by fusion stage.
+"""RGBXSegmenter: the configuration surface of every RGB-X network, by fusion stage.
 
-``fusion_stage`` decides where the two modalities meet:
+``fusion_stage`` decides where the two modalities meet; each topology lives in
+:mod:`rgbx_fusion.models.topologies`:
 
 * ``early``: concat(rgb, aux) at the input → one encoder with ``3 + Ca`` channels.
 * ``mid`` (default): two streams; at every stage ``aux_i' = align_i(rgb_i, aux_i)``,
@@ -15,39 +16,30 @@ Nothing here knows about Lightning, losses or datasets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.align.base import AlignBase
 from rgbx_fusion.models.decoders.fpn import FPNDecoder
-from rgbx_fusion.models.encoders import DualEncoder, StagedBackbone, weights_file_kwargs
-from rgbx_fusion.models.fusion.base import FusionBase, RectifyBase
+from rgbx_fusion.models.encoders import DualEncoder, weights_file_kwargs
 from rgbx_fusion.models.fusion.simple import AddFusion
-from rgbx_fusion.models.late import LateFusion, SegmentationBranch
+from rgbx_fusion.models.topologies.branch import DecoderFactory, SegmentationBranch, StreamOptions
+from rgbx_fusion.models.topologies.late import LateFusion, LateFusionMode, build_late
+from rgbx_fusion.models.topologies.mid import (
+    AlignFactory,
+    AuxStreamHead,
+    FusionFactory,
+    RectifyFactory,
+    build_mid,
+    fuse_stages,
+)
+from rgbx_fusion.models.topologies.single import build_single_stream, stream_input
 
-FusionFactory = Callable[[int], FusionBase]
-RectifyFactory = Callable[[int], RectifyBase]
-AlignFactory = Callable[[int, int], AlignBase]
-DecoderFactory = Callable[[Sequence[int]], nn.Module]
 FusionStage = Literal["early", "mid", "late", "rgb_only", "aux_only"]
-
-
-def _per_stage(option: Any, n: int, what: str) -> list[Any]:
-    """Expand one factory (or ``None``) to ``n`` stages; check an explicit list's length."""
-    if option is None or callable(option):
-        return [option] * n
-    items = list(option)
-    if len(items) != n:
-        raise ConfigError(
-            f"{what}: got {len(items)} entries for an encoder with {n} stages; give one entry "
-            "per stage (null = none at that stage) or a single factory for all stages"
-        )
-    return items
 
 
 class RGBXSegmenter(nn.Module):
@@ -83,9 +75,31 @@ class RGBXSegmenter(nn.Module):
             with ``aux_loss_weight``. It is skipped in eval mode and costs nothing at
             inference.
 
+    Attributes:
+        input_align: the input aligner, or ``None``.
+        encoder, fusions, aligners, rectifiers, decoder, head, aux_head: the parts of mid
+            fusion (:func:`~rgbx_fusion.models.topologies.mid.build_mid`).
+        rgb_branch, aux_branch, late: the parts of late fusion
+            (:func:`~rgbx_fusion.models.topologies.late.build_late`).
+        branch: the one branch of early, rgb-only and aux-only networks
+            (:func:`~rgbx_fusion.models.topologies.single.build_single_stream`).
+
+    Each topology has only its own parts; their names are the state-dict keys.
+
     Shape:
         rgb: (B, 3, H, W); aux: (B, Ca, H, W) -> logits (B, num_classes, H, W)
     """
+
+    encoder: DualEncoder
+    fusions: nn.ModuleList
+    aligners: nn.ModuleList
+    rectifiers: nn.ModuleList
+    decoder: nn.Module
+    head: nn.Module
+    rgb_branch: SegmentationBranch
+    aux_branch: SegmentationBranch
+    late: LateFusion
+    branch: SegmentationBranch
 
     def __init__(
         self,
@@ -104,94 +118,48 @@ class RGBXSegmenter(nn.Module):
         rectify: RectifyFactory | Sequence[RectifyFactory | None] | None = None,
         feedback: bool = False,
         decoder: DecoderFactory = FPNDecoder,
-        late_fusion: Literal["mean", "weighted", "conv"] = "mean",
+        late_fusion: LateFusionMode = "mean",
         dropout: float = 0.1,
         backbone_weights: str | None = None,
         aux_head_channels: int = 0,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be ≥ 1, got {num_classes}")
-        stages = ("early", "mid", "late", "rgb_only", "aux_only")
-        if fusion_stage not in stages:
-            raise ConfigError(f"fusion_stage must be one of {stages}, got {fusion_stage!r}")
+        check_options(num_classes, fusion_stage, align, rectify, feedback, aux_head_channels)
         self.num_classes = num_classes
         self.aux_channels = aux_channels
         self.fusion_stage = fusion_stage
         self.feedback = feedback
         self.aux_head: AuxStreamHead | None = None
         self._aux_logits: list[Tensor] = []
-        if aux_head_channels < 0:
-            raise ConfigError(f"aux_head_channels must be ≥ 0, got {aux_head_channels}")
-        if aux_head_channels and fusion_stage != "mid":
-            raise ConfigError(
-                "aux_head_channels supervises the aux stream of mid fusion; got "
-                f"fusion_stage={fusion_stage!r} (set aux_head_channels: 0)"
-            )
         kwargs = dict(backbone_kwargs or {})
         if backbone_weights is not None:
             kwargs = weights_file_kwargs(backbone_weights, kwargs, backbone, aux_backbone)
             pretrained = True
+        streams = StreamOptions(backbone, aux_backbone, pretrained, out_indices, kwargs)
         self.input_align = input_align(3, aux_channels) if input_align is not None else None
-        if fusion_stage != "mid" and (align is not None or rectify is not None or feedback):
-            raise ConfigError(
-                f"align / rectify / feedback act between encoder stages and need "
-                f"fusion_stage='mid' (got {fusion_stage!r}); use input_align for other stages"
-            )
+        parts: dict[str, nn.Module]
         if fusion_stage == "mid":
-            self.encoder: nn.Module = DualEncoder(
-                backbone, aux_channels, aux_backbone, pretrained, share_weights, out_indices, kwargs
+            parts = build_mid(
+                streams,
+                aux_channels,
+                num_classes,
+                decoder,
+                dropout,
+                share_weights,
+                fusion,
+                align,
+                rectify,
+                feedback,
+                aux_head_channels,
             )
-            spec = self.encoder.feature_spec
-            n = spec.num_stages
-            self.fusions = nn.ModuleList(
-                _make(f, c)
-                for f, c in zip(_per_stage(fusion, n, "fusion"), spec.channels, strict=True)
-            )
-            self.aligners = nn.ModuleList(
-                _make(a, c, c)
-                for a, c in zip(_per_stage(align, n, "align"), spec.channels, strict=True)
-            )
-            self.rectifiers = nn.ModuleList(
-                _make(r, c)
-                for r, c in zip(_per_stage(rectify, n, "rectify"), spec.channels, strict=True)
-            )
-            if feedback and not self.encoder.widths_match:
-                raise ConfigError(
-                    "feedback needs both streams to have the same widths; use the same backbone "
-                    "for rgb and aux or turn feedback off"
-                )
-            self.decoder = decoder(list(spec.channels))
-            self.head = _head(self.decoder, num_classes, dropout)
-            if aux_head_channels:
-                self.aux_head = AuxStreamHead(spec.channels, aux_head_channels, num_classes)
         elif fusion_stage == "late":
-            self.rgb_branch = SegmentationBranch(
-                StagedBackbone(backbone, 3, pretrained, out_indices, **kwargs),
-                decoder,
-                num_classes,
-                dropout,
-            )
-            self.aux_branch = SegmentationBranch(
-                StagedBackbone(
-                    aux_backbone or backbone, aux_channels, pretrained, out_indices, **kwargs
-                ),
-                decoder,
-                num_classes,
-                dropout,
-            )
-            self.late = LateFusion(num_classes, late_fusion)
+            parts = build_late(streams, aux_channels, num_classes, decoder, dropout, late_fusion)
         else:
-            in_chans = {"early": 3 + aux_channels, "rgb_only": 3, "aux_only": aux_channels}[
-                fusion_stage
-            ]
-            name = aux_backbone if fusion_stage == "aux_only" and aux_backbone else backbone
-            self.branch = SegmentationBranch(
-                StagedBackbone(name, in_chans, pretrained, out_indices, **kwargs),
-                decoder,
-                num_classes,
-                dropout,
+            parts = build_single_stream(
+                fusion_stage, streams, aux_channels, num_classes, decoder, dropout
             )
+        for name, part in parts.items():
+            setattr(self, name, part)
 
     def forward(self, rgb: Tensor, aux: Tensor) -> Tensor:
         size = rgb.shape[-2:]
@@ -201,35 +169,19 @@ class RGBXSegmenter(nn.Module):
             logits = self.head(self.decoder(self.fused_features(rgb, aux)))
         elif self.fusion_stage == "late":
             logits = self.late(self.rgb_branch(rgb), self.aux_branch(aux))
-        elif self.fusion_stage == "early":
-            logits = self.branch(torch.cat([rgb, aux], dim=1))
         else:
-            logits = self.branch(rgb if self.fusion_stage == "rgb_only" else aux)
+            logits = self.branch(stream_input(self.fusion_stage, rgb, aux))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def fused_features(self, rgb: Tensor, aux: Tensor) -> list[Tensor]:
-        """Mid fusion: run both streams stage by stage, align, rectify and fuse."""
-        enc = self.encoder
-        assert isinstance(enc, DualEncoder)
-        x_r, x_a = rgb, enc.aux_stem(aux)
-        fused: list[Tensor] = []
-        aux_maps: list[Tensor] = []
-        for i in range(enc.rgb.num_stages):
-            x_r = enc.rgb.forward_stage(i, x_r)
-            x_a = enc.aux.forward_stage(i, x_a)
-            f_r = enc.rgb.to_nchw(x_r)
-            f_a = enc.aux_proj[i](enc.aux.to_nchw(x_a))
-            aligner, rectifier, fusion = self.aligners[i], self.rectifiers[i], self.fusions[i]
-            if not isinstance(aligner, StageSkipped):
-                f_r, f_a = aligner(f_r, f_a)
-            if not isinstance(rectifier, StageSkipped):
-                f_r, f_a = rectifier(f_r, f_a)
-            f = f_r if isinstance(fusion, StageSkipped) else fusion(f_r, f_a)
-            fused.append(f)
-            aux_maps.append(f_a)
-            if self.feedback and i + 1 < enc.rgb.num_stages:
-                next_r, next_a = (f, f) if isinstance(rectifier, StageSkipped) else (f_r, f_a)
-                x_r, x_a = enc.rgb.from_nchw(next_r), enc.aux.from_nchw(next_a)
+        """Mid fusion: run both streams stage by stage, align, rectify and fuse.
+
+        Shape:
+            rgb: (B, 3, H, W); aux: (B, Ca, H, W) -> [(B, C_i, H / r_i, W / r_i)], finest first
+        """
+        fused, aux_maps = fuse_stages(
+            self.encoder, self.aligners, self.rectifiers, self.fusions, rgb, aux, self.feedback
+        )
         if self.aux_head is not None and self.training:
             self._aux_logits = [self.aux_head(aux_maps)]
         return fused
@@ -255,61 +207,32 @@ class RGBXSegmenter(nn.Module):
         return losses
 
 
-class AuxStreamHead(nn.Module):
-    """Light classifier over the aux stream's stage maps (deep supervision of the aux stream).
-
-    Every map is projected to ``channels`` by a 1×1 conv, resized to the first map's size and
-    summed; BN, ReLU and a 1×1 classifier follow.
-
-    Shape:
-        maps: list of (B, C_i, H_i, W_i) -> (B, num_classes, H_0, W_0)
-    """
-
-    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.proj = nn.ModuleList(nn.Conv2d(c, channels, 1, bias=False) for c in in_channels)
-        self.classify = nn.Sequential(
-            nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, num_classes, 1)
-        )
-
-    def forward(self, maps: Sequence[Tensor]) -> Tensor:
-        size = maps[0].shape[-2:]
-        total = self.proj[0](maps[0])
-        for proj, x in zip(self.proj[1:], maps[1:], strict=True):
-            total = total + F.interpolate(proj(x), size=size, mode="bilinear", align_corners=False)
-        out: Tensor = self.classify(total)
-        return out
-
-
-def _make(factory: Callable[..., nn.Module] | None, *args: int) -> nn.Module:
-    """Build one per-stage part; ``None`` becomes a placeholder the forward pass skips.
-
-    Raises:
-        ConfigError: the part was built for another width than the stage's (a
-            ``channels`` fixed in its ``init_args``).
-    """
-    if factory is None:
-        return StageSkipped()
-    part = factory(*args)
-    width = getattr(part, "channels", None)
-    if isinstance(width, int) and args and width != args[0]:
+def check_options(
+    num_classes: int,
+    fusion_stage: str,
+    align: Any,
+    rectify: Any,
+    feedback: bool,
+    aux_head_channels: int,
+) -> None:
+    """Raise a :class:`ConfigError` for options that contradict each other or the stage."""
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be ≥ 1, got {num_classes}")
+    stages = get_args(FusionStage)
+    if fusion_stage not in stages:
+        raise ConfigError(f"fusion_stage must be one of {stages}, got {fusion_stage!r}")
+    if aux_head_channels < 0:
+        raise ConfigError(f"aux_head_channels must be ≥ 0, got {aux_head_channels}")
+    if aux_head_channels and fusion_stage != "mid":
         raise ConfigError(
-            f"{type(part).__name__} has channels={width} but its encoder stage has "
-            f"{args[0]} channels; remove 'channels' from its init_args (the network passes "
-            "each stage's width)"
+            "aux_head_channels supervises the aux stream of mid fusion; got "
+            f"fusion_stage={fusion_stage!r} (set aux_head_channels: 0)"
         )
-    return part
+    if fusion_stage != "mid" and (align is not None or rectify is not None or feedback):
+        raise ConfigError(
+            f"align / rectify / feedback act between encoder stages and need "
+            f"fusion_stage='mid' (got {fusion_stage!r}); use input_align for other stages"
+        )
 
 
-class StageSkipped(nn.Module):
-    """Stands for "nothing at this stage" inside an ``nn.ModuleList``."""
-
-    def forward(self, *args: Tensor) -> Tensor:  # pragma: no cover - never called
-        raise RuntimeError("placeholder module called")
-
-
-def _head(decoder: nn.Module, num_classes: int, dropout: float) -> nn.Module:
-    out = getattr(decoder, "out_channels", None)
-    if not isinstance(out, int):
-        raise ConfigError(f"{type(decoder).__name__} must expose an integer out_channels")
-    return nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(out, num_classes, 1))
+__all__ = ["FusionStage", "RGBXSegmenter", "check_options"]

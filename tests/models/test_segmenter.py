@@ -8,7 +8,8 @@ import torch
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.decoders import DECODERS
 from rgbx_fusion.models.fusion import CMXFusion, FeatureRectify, SEFusion
-from rgbx_fusion.models.segmenter import RGBXSegmenter, StageSkipped
+from rgbx_fusion.models.segmenter import RGBXSegmenter
+from rgbx_fusion.models.topologies.mid import StageSkipped
 
 STAGES = ["early", "mid", "late", "rgb_only", "aux_only"]
 BACKBONE = "resnet18"

@@ -1,42 +1,16 @@
-"""Single-stream segmentation branches and logit-level (late) fusion."""
+"""Late fusion: two encoder–decoder branches, one per modality, whose logits are fused."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from rgbx_fusion.errors import ConfigError
-from rgbx_fusion.models.encoders import StagedBackbone
+from rgbx_fusion.models.topologies.branch import DecoderFactory, SegmentationBranch, StreamOptions
 
-
-class SegmentationBranch(nn.Module):
-    """One encoder + decoder + 1×1 classifier (logits at the finest feature level).
-
-    Shape:
-        x: (B, C_in, H, W) -> (B, num_classes, H / r_0, W / r_0)
-    """
-
-    def __init__(
-        self,
-        encoder: StagedBackbone,
-        decoder: Callable[[Sequence[int]], nn.Module],
-        num_classes: int,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder(list(encoder.feature_spec.channels))
-        out = getattr(self.decoder, "out_channels", None)
-        if not isinstance(out, int):
-            raise ConfigError(f"{type(self.decoder).__name__} must expose an integer out_channels")
-        self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(out, num_classes, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.head(self.decoder(self.encoder(x)))
-        return out
+LateFusionMode = Literal["mean", "weighted", "conv"]
 
 
 class LateFusion(nn.Module):
@@ -52,9 +26,7 @@ class LateFusion(nn.Module):
         z_rgb, z_aux: (B, K, H, W) -> (B, K, H, W)
     """
 
-    def __init__(
-        self, num_classes: int, mode: Literal["mean", "weighted", "conv"] = "mean"
-    ) -> None:
+    def __init__(self, num_classes: int, mode: LateFusionMode = "mean") -> None:
         super().__init__()
         if mode not in ("mean", "weighted", "conv"):
             raise ConfigError(f"late_fusion must be 'mean', 'weighted' or 'conv', got {mode!r}")
@@ -76,3 +48,28 @@ class LateFusion(nn.Module):
             return w * z_rgb + (1 - w) * z_aux
         out: Tensor = self.conv(torch.cat([z_rgb, z_aux], dim=1))
         return out
+
+
+def build_late(
+    streams: StreamOptions,
+    aux_channels: int,
+    num_classes: int,
+    decoder: DecoderFactory,
+    dropout: float,
+    mode: LateFusionMode = "mean",
+) -> dict[str, nn.Module]:
+    """The parts of a late-fusion network by name: ``rgb_branch``, ``aux_branch``, ``late``.
+
+    The aux branch uses ``streams.aux_backbone`` when it is set; both branches build their
+    own decoder from the factory.
+    """
+    return {
+        "rgb_branch": SegmentationBranch(streams.stream(3), decoder, num_classes, dropout),
+        "aux_branch": SegmentationBranch(
+            streams.stream(aux_channels, aux=True), decoder, num_classes, dropout
+        ),
+        "late": LateFusion(num_classes, mode),
+    }
+
+
+__all__ = ["LateFusion", "LateFusionMode", "build_late"]
