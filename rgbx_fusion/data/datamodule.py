@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rgbx_fusion.data.resume import ResumableLoader
+from rgbx_fusion.data.resumable_loader import ResumableLoader
 from rgbx_fusion.data.sample import collate
 from rgbx_fusion.data.transforms import (
     IMAGENET_MEAN,
@@ -213,7 +213,7 @@ class RGBXDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         """Shuffled, augmented training batches in an order a resumed run reproduces
-        (see :mod:`rgbx_fusion.data.resume`), seeded from ``seed_everything``."""
+        (see :mod:`rgbx_fusion.data.resumable_loader`), seeded from ``seed_everything``."""
         if self.sampler_seed is None:
             self.sampler_seed = torch.initial_seed() % 2**63
         workers = self.num_workers
