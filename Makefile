@@ -30,8 +30,10 @@ GPU_BENCH = $(BIN)/rgbx-fusion benchmark --device cuda --resolutions 480x640 --b
 	--aux-channels 3 --precision bf16-mixed --num-classes 40
 gpu-check: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
-	$(GPU_BENCH) --config configs/nyudv2_cmx_b2.yaml --out runs/bench-gpu/cmx_b2
-	$(GPU_BENCH) --config configs/nyudv2_esanet_r34.yaml --channels-last --out runs/bench-gpu/esanet_r34
+	$(GPU_BENCH) --config configs/nyudv2/base.yaml --config configs/nyudv2/cmx_b2.yaml \
+		--out runs/bench-gpu/cmx_b2
+	$(GPU_BENCH) --config configs/nyudv2/base.yaml --config configs/nyudv2/esanet_r34.yaml \
+		--channels-last --out runs/bench-gpu/esanet_r34
 
 lint: $(STAMP)
 	$(BIN)/ruff check rgbx_fusion tests

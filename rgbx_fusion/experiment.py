@@ -171,7 +171,8 @@ def default_loggers(root: str | None) -> list[Any]:
     """TensorBoard (curves) and CSV (``metrics.csv``) in one ``lightning_logs/version_<n>``."""
     save_dir = root or "."
     tensorboard = TensorBoardLogger(save_dir, name="lightning_logs", default_hp_metric=False)
-    return [tensorboard, CSVLogger(save_dir, name="lightning_logs", version=tensorboard.version)]
+    # The CSV writer warns about a folder that exists, so it goes first and creates it.
+    return [CSVLogger(save_dir, name="lightning_logs", version=tensorboard.version), tensorboard]
 
 
 @dataclass
@@ -254,6 +255,8 @@ def build(
     assert isinstance(cli.model, SegmentationTask) and isinstance(cli.datamodule, RGBXDataModule)
     exp = Experiment(cli.trainer, cli.model, cli.datamodule, cli.config, cli)
     exp.task.run_config = exp.dump()  # kept in every checkpoint
+    # The network as config data, so the checkpoint alone rebuilds it (test --ckpt_path).
+    exp.task.hparams["network"] = exp.config.get("model.network").as_dict()
     return exp
 
 

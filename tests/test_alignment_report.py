@@ -135,10 +135,9 @@ def test_deformable_and_flow_displacements_are_in_x_y_order() -> None:
 
 
 def test_predict_dump_alignment_writes_images(tiny_depth_root: Path, tmp_path: Path) -> None:
-    config = CONFIGS / "synthetic_misaligned_mid_add_aligned.yaml"
+    layers = [CONFIGS / "synthetic" / f"{n}.yaml" for n in ("base", "misaligned", "flow_align")]
     args = [
-        "--config",
-        str(config),
+        *[a for layer in layers for a in ("--config", str(layer))],
         *small_cli_args(tiny_depth_root, tmp_path),
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=1",

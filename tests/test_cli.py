@@ -122,6 +122,7 @@ def test_fit_test_stacks_layers_into_one_run_and_writes_its_scores(
         *small_cli_args(tiny_depth_root, tmp_path),
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
+        "--trainer.log_every_n_steps=1",
     ]
     with pytest.raises(SystemExit) as exc:
         main(args)
@@ -136,7 +137,8 @@ def test_fit_test_stacks_layers_into_one_run_and_writes_its_scores(
     assert "cushion_green" in capsys.readouterr().out
     # TensorBoard curves and the CSV log sit in the run's version folder
     assert list(found[0].parent.glob("events.out.tfevents.*"))
-    assert (found[0].parent / "metrics.csv").is_file()
+    header = (found[0].parent / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/lr", "val/mIoU", "test/mIoU"} <= set(header)
 
 
 def test_help_lists_every_subcommand_with_a_summary(capsys) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 
 from rgbx_fusion.console import console
@@ -92,9 +92,9 @@ class SegmentationTask(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        # Under the CLI the hyper-parameters are the parsed config (plain data); a
-        # network *factory* passed from Python is not data, so keep it out.
-        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["network"])
+        # A network *factory* is not data: an experiment built from a config records the
+        # network's config instead (rgbx_fusion.experiment.build).
+        self.save_hyperparameters(ignore=["network"])
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(
                 f"{len(class_names)} class names for num_classes={num_classes}; "
@@ -174,6 +174,9 @@ class SegmentationTask(pl.LightningModule):
         if self.nonfinite != "off":  # checked before the optimizer step, without a sync here
             self._guard.add_loss(loss, batch.get("meta"))
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        optimizer = self.optimizers()
+        if isinstance(optimizer, LightningOptimizer):  # groups sort the network's first
+            self.log("train/lr", float(optimizer.param_groups[0]["lr"]), batch_size=bs)
         for name, value in parts.items():
             if name != "ce":
                 self.log(f"train/{name}", value, batch_size=bs)

@@ -25,7 +25,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_variants_differ_only_in_fusion_and_alignment() -> None:
-    args = network_init_args(CONFIGS / "synthetic_mid_cmx.yaml")
+    args = network_init_args(
+        [CONFIGS / "synthetic" / "base.yaml", CONFIGS / "synthetic" / "mid_cmx.yaml"]
+    )
     builders = network_builders(args, num_classes=5, aux_channels=1)
     model, plain, backbones = (builders[k]() for k in ("model", "plain", "backbones"))
     assert model.feedback and not plain.feedback
@@ -74,7 +76,9 @@ def test_benchmark_command_writes_json_and_csv(tmp_path: Path) -> None:
         tmp_path,
         "benchmark",
         "--config",
-        str(CONFIGS / "synthetic_mid_se.yaml"),
+        str(CONFIGS / "synthetic" / "base.yaml"),
+        "--config",
+        str(CONFIGS / "synthetic" / "mid_se.yaml"),
         "--resolutions",
         "32x48",
         "--batch",
@@ -212,7 +216,7 @@ def test_mixed_precision_on_cuda(precision: str) -> None:
 
 
 def test_recipes_with_weight_files_build_offline() -> None:
-    args = network_init_args(CONFIGS / "nyudv2_cmx_b2.yaml")
+    args = network_init_args([CONFIGS / "nyudv2" / "base.yaml", CONFIGS / "nyudv2" / "cmx_b2.yaml"])
     assert args["pretrained"] is False and "backbone_weights" not in args
     assert args["backbone"] == "mit_b2"
 

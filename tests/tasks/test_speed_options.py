@@ -136,7 +136,9 @@ def test_inductor_trains_a_mit_network_at_two_sizes() -> None:
     # fails to lower timm's MiT, so the task compiles static shapes. About 4 minutes.
     from rgbx_fusion.bench.benchmark import network_builders, network_init_args
 
-    args = network_init_args(CONFIG.parent / "nyudv2_cmx_b2.yaml")
+    args = network_init_args(
+        [CONFIG.parents[1] / "nyudv2" / "base.yaml", CONFIG.parents[1] / "nyudv2" / "cmx_b2.yaml"]
+    )
     builders = network_builders({**args, "backbone": "mit_b0"}, num_classes=3, aux_channels=1)
     task = SegmentationTask(lambda n, a: builders["model"](), 3, 1, compile=True)
     eager = builders["model"]()
