@@ -107,6 +107,8 @@ class RGBXDataModule(pl.LightningDataModule):
         self.predict_split = predict_split
         self._datasets: dict[str, Dataset[Sample]] = {}
         self.sampler_seed: int | None = None
+        self._train_loader: ResumableLoader | None = None
+        self._resume_at: dict[str, int] | None = None  # a checkpoint's loader position
 
     # ---- dataset facts (linked to the model by the CLI) -----------------------------
     def base_dataset(self, split: str) -> Dataset[Sample]:
@@ -170,10 +172,12 @@ class RGBXDataModule(pl.LightningDataModule):
         return Normalizer(self.rgb_mean, self.rgb_std, self.aux_mean, self.aux_std)
 
     def state_dict(self) -> dict[str, Any]:
+        loader = self._train_loader
         return {
             "aux_mean": self.aux_mean,
             "aux_std": self.aux_std,
             "sampler_seed": self.sampler_seed,
+            "train_loader": loader.position() if loader is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -182,6 +186,15 @@ class RGBXDataModule(pl.LightningDataModule):
         if state_dict.get("aux_mean") is not None:
             self.aux_mean = tuple(state_dict["aux_mean"])
             self.aux_std = tuple(state_dict["aux_std"])
+        # Lightning restores this before it builds the training loader, except for
+        # strategies that set up first: then the loader exists and seeks now.
+        self._resume_at = state_dict.get("train_loader")
+        self._seek_once()
+
+    def _seek_once(self) -> None:
+        if self._resume_at is not None and self._train_loader is not None:
+            self._train_loader.seek(self._resume_at)
+            self._resume_at = None
 
     # ---- loaders -------------------------------------------------------------------------
     def dataset(self, stage: str) -> TransformedDataset:
@@ -217,7 +230,7 @@ class RGBXDataModule(pl.LightningDataModule):
         if self.sampler_seed is None:
             self.sampler_seed = torch.initial_seed() % 2**63
         workers = self.num_workers
-        return ResumableLoader(
+        self._train_loader = ResumableLoader(
             self.dataset("fit"),
             batch_size=self.batch_size,
             seed=self.sampler_seed,
@@ -227,6 +240,8 @@ class RGBXDataModule(pl.LightningDataModule):
             collate_fn=collate,
             worker_init_fn=_init_worker,
         )
+        self._seek_once()
+        return self._train_loader
 
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("val", shuffle=False)

@@ -3,11 +3,11 @@
 The training loader of :class:`~rgbx_fusion.data.datamodule.RGBXDataModule` draws
 sample ``i`` of epoch ``e`` from a permutation and an augmentation seed that
 depend only on ``(seed, e, i)``: not on the number of loader workers, on the
-global random state, or on where a run was interrupted. Its state (seed, epoch,
-batches handed out) is saved in every checkpoint (Lightning stores the
-``state_dict`` of stateful loaders) and restored by ``fit --ckpt_path``, so a
-run resumed mid-epoch sees the remaining batches of that epoch, with the same
-crops and flips, and then the same later epochs as an uninterrupted run.
+global random state, or on where a run was interrupted. Its position (seed, epoch,
+batches handed out) travels in every checkpoint with the data module's state and is
+restored by ``fit --ckpt_path``, so a run resumed mid-epoch sees the remaining
+batches of that epoch, with the same crops and flips, and then the same later
+epochs as an uninterrupted run.
 
 Convention:
     The sampler yields ``(index, augmentation_seed)`` pairs; datasets that
@@ -72,10 +72,10 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 class ResumableLoader(DataLoader[Any]):
     """A training ``DataLoader`` over a :class:`ResumableSampler` that knows its position.
 
-    ``state_dict()`` is ``{"seed", "epoch", "batches"}`` with ``batches`` the
+    ``position()`` is ``{"seed", "epoch", "batches"}`` with ``batches`` the
     number of batches of the current epoch handed out so far: Lightning does not
     pre-fetch from loaders with a length, so at a checkpoint this is the number
-    of batches trained on. ``load_state_dict`` makes the next iteration start
+    of batches trained on. ``seek`` makes the next iteration start
     right after them (or at the next epoch when the epoch was complete).
 
     Args:
@@ -115,10 +115,10 @@ class ResumableLoader(DataLoader[Any]):
             self._batches += 1
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
+    def position(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self._epoch, "batches": self._batches}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def seek(self, state: dict[str, int]) -> None:
         sampler = self.resumable_sampler
         if sampler is None:
             return

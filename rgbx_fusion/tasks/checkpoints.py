@@ -87,17 +87,12 @@ class ResumeCheckpoint(Callback):
         if n and trainer.global_step % n == 0 and not trainer.received_sigterm:
             self.save_last(trainer)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning restores the loader's position only when it builds the loader after the
-        # checkpoint is read; configure_optimizers (estimated_stepping_batches) builds it
-        # earlier. No batch has been drawn yet, so restoring it here is still exact.
-        trainer.fit_loop._load_combined_loader_states()
-
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         # Lightning stops validation at the next batch after SIGTERM; finish it instead,
-        # so the checkpoint is written after a whole validation epoch.
+        # so the checkpoint is written after a whole validation epoch. Lightning has no
+        # public way to defer a received SIGTERM, hence its signal connector here.
         connector = trainer._signal_connector
         if trainer.state.fn == "fit" and self.on_sigterm and connector.received_sigterm:
             connector.received_sigterm, self._held_sigterm = False, True

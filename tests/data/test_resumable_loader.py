@@ -37,15 +37,15 @@ def test_loader_state_restarts_after_the_batches_handed_out() -> None:
     first.sampler.set_epoch(1)  # type: ignore[attr-defined]
     it = iter(first)
     seen = [next(it) for _ in range(2)]
-    state = first.state_dict()
+    state = first.position()
     assert state == {"seed": 1, "epoch": 1, "batches": 2}
     rest = list(it)
 
     second = loader()
-    second.load_state_dict(state)
+    second.seek(state)
     assert list(second) == rest
     assert np.concatenate(seen + rest).tolist() != data  # shuffled
 
     finished = loader()
-    finished.load_state_dict({"seed": 1, "epoch": 1, "batches": 6})  # epoch was complete
+    finished.seek({"seed": 1, "epoch": 1, "batches": 6})  # epoch was complete
     assert finished.sampler.epoch == 2 and finished.sampler.start == 0  # type: ignore[attr-defined]
