@@ -14,7 +14,7 @@ With :class:`ResumeCheckpoint` in a fit run (the CLI adds it, options under
 
 ``fit --ckpt_path last`` then resumes from the newest ``last*.ckpt`` of any
 version under the run's root directory (:func:`find_last_checkpoint`). Together
-with the resumable training loader (:mod:`rgbx_fusion.data.resume`) the resumed
+with the resumable training loader (:mod:`rgbx_fusion.data.resumable_loader`) the resumed
 run ends with the same weights and metrics as an uninterrupted one.
 """
 
