@@ -155,13 +155,11 @@ class ExperimentCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_cfg = self.config_init.get("trainer") or {}
-        plugins = trainer_cfg.get("plugins")
-        plugins = (
-            [] if plugins is None else list(plugins if isinstance(plugins, list) else [plugins])
-        )
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
-        kwargs.setdefault("plugins", list(plugins))
+            plugins = [*plugins, AtomicCheckpointIO()]  # temp file + rename, every write
+        kwargs.setdefault("plugins", plugins)
         if trainer_cfg.get("logger") in (None, True):
             kwargs.setdefault("logger", default_loggers(trainer_cfg.get("default_root_dir")))
         return super().instantiate_trainer(**kwargs)
@@ -282,7 +280,7 @@ def run(exp: Experiment, stage: str) -> Any:
     if stage == "predict":
         _add_prediction_writers(exp, ckpt)
     method = getattr(exp.trainer, stage)
-    with _memory_hint(exp):
+    with _running(exp):
         return method(exp.task, datamodule=exp.datamodule, ckpt_path=ckpt, weights_only=True)
 
 
@@ -306,10 +304,13 @@ def _add_prediction_writers(exp: Experiment, ckpt: str | None) -> None:
 
 
 @contextmanager
-def _memory_hint(exp: Experiment) -> Iterator[None]:
-    """Turn a device out-of-memory error into :class:`DeviceMemoryError` with the settings."""
+def _running(exp: Experiment) -> Iterator[None]:
+    """A trainer stage: a device out-of-memory error becomes :class:`DeviceMemoryError`
+    naming the settings to lower; a deprecation inside Lightning is not shown."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
     except torch.OutOfMemoryError as exc:
         from rgbx_fusion.tasks.guards import out_of_memory_error
 
@@ -335,7 +336,7 @@ def fit_and_test(exp: Experiment, resume_from: str | Path | None = None) -> Test
     ``resume_from``: a ``last.ckpt`` of an interrupted run; training continues from it.
     """
     resume = str(resume_from) if resume_from is not None else None
-    with _memory_hint(exp):
+    with _running(exp):
         exp.trainer.fit(exp.task, datamodule=exp.datamodule, ckpt_path=resume, weights_only=True)
         cb = exp.trainer.checkpoint_callback
         best = str(getattr(cb, "best_model_path", "") or "") or None
