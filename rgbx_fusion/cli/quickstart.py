@@ -1,8 +1,9 @@
 """``rgbx-fusion quickstart``: render the synthetic RGB-D data, train fusion and RGB only.
 
-Both models share the recipe of ``configs/synthetic/base.yaml`` (the RGB-only
-baseline stacks ``configs/synthetic/rgb_only.yaml`` on it); each is tested with
-its checkpoint chosen on val, and the two are printed side by side.
+Both models share the recipe of ``configs/synthetic/base.yaml`` with the budget of
+``configs/synthetic/quickstart.yaml`` (the RGB-only baseline stacks
+``configs/synthetic/rgb_only.yaml`` on them); each is tested with its checkpoint
+chosen on val, and the two are printed side by side.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
         "--config",
         action="append",
         default=None,
-        help="config layers of the fusion model (repeatable; default configs/synthetic/base.yaml)",
+        help="config layers of the fusion model (repeatable; default: configs/synthetic/"
+        "base.yaml and quickstart.yaml)",
     )
     p.add_argument(
         "--baseline",
@@ -46,7 +48,7 @@ def run(argv: Sequence[str]) -> int:
     start = time.perf_counter()
     prepare_synthetic(args.root, SyntheticSpec(modality="depth"), workers=args.workers)
     console.print(f"synthetic RGB-D data in {args.root} ({time.perf_counter() - start:.0f} s)")
-    layers = args.config or ["configs/synthetic/base.yaml"]
+    layers = args.config or ["configs/synthetic/base.yaml", "configs/synthetic/quickstart.yaml"]
     runs = [("RGB-D mid fusion (add)", layers), ("RGB only", [*layers, args.baseline])]
     out = Path(args.out) / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)

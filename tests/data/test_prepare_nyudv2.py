@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rgbx_fusion.cli import main
 from rgbx_fusion.data.sets.nyudv2 import NYUDv2
-from rgbx_fusion.data.sets.prepare_nyudv2 import add_prepare_parsers, prepare_nyudv2
+from rgbx_fusion.data.sets.prepare_nyudv2 import prepare_nyudv2
 from rgbx_fusion.errors import CorruptFileError, DatasetError, LabelRangeError
 
 h5py = pytest.importorskip("h5py")
@@ -106,12 +106,9 @@ def test_missing_variable(mats: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_cli_subcommand(mats: dict[str, Path], tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_prepare_parsers(parser.add_subparsers(dest="dataset", required=True))
     out = tmp_path / "cli"
     files = ["--mat", str(mats["mat"]), "--splits", str(mats["splits"])]
-    args = parser.parse_args(
-        ["nyudv2", *files, "--mapping", str(mats["mapping"]), "--out", str(out), "--no-progress"]
-    )
-    assert args.func(args) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "nyudv2", *files, "--mapping", str(mats["mapping"]), "--out", str(out)])
+    assert exc.value.code == 0
     assert len(NYUDv2("test", out)) == 1

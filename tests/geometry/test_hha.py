@@ -142,6 +142,15 @@ def test_normals_equal_direct_normal_equations() -> None:
             torch.testing.assert_close(ours[:, i, j], n, rtol=0, atol=1e-9)
 
 
+def assert_same_hha(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal 8-bit HHA, but for float32 rounding across code paths: the summation order of
+    a batched or strip-wise fit depends on the CPU's vector width, which can move a value
+    across a quantisation step (one level, on at most 0.1 % of the pixels)."""
+    diff = (actual.int() - expected.int()).abs()
+    assert int(diff.max()) <= 1, int(diff.max())
+    assert int((diff > 0).sum()) <= max(1, diff.numel() // 1000), int((diff > 0).sum())
+
+
 def test_batched_equals_single_and_module() -> None:
     K1, K2 = _intrinsics(40, 56), _intrinsics(40, 56, 70.0)
     d1, _ = _room(40, 56, K1, GRAVITY)
@@ -149,8 +158,8 @@ def test_batched_equals_single_and_module() -> None:
     d2[10:20, 10:30] = 0.0
     batch = depth_to_hha(torch.stack((d1, d2)).float(), torch.stack((K1, K2)))
     assert batch.shape == (2, 3, 40, 56) and batch.dtype == torch.uint8
-    assert torch.equal(batch[0], depth_to_hha(d1.float(), K1)[0])
-    assert torch.equal(batch[1], depth_to_hha(d2.float(), K2)[0])
+    assert_same_hha(batch[0], depth_to_hha(d1.float(), K1)[0])
+    assert_same_hha(batch[1], depth_to_hha(d2.float(), K2)[0])
     assert torch.equal(HHA(K1)(d1.float()), depth_to_hha(d1.float(), K1))
 
 
@@ -305,7 +314,8 @@ def test_hole_free_shortcut_and_strips_do_not_change_hha(monkeypatch: pytest.Mon
     fast = [depth_to_hha(d, K) for d in (depth, holes)]
     normals = square_support_normals(depth, K, 10)
     monkeypatch.setattr(hha_module, "_all_valid", lambda mask: False)
-    torch.testing.assert_close(square_support_normals(depth, K, 10), normals, atol=1e-6, rtol=0)
+    # unit normals in float32; the two paths sum the window moments in different orders
+    torch.testing.assert_close(square_support_normals(depth, K, 10), normals, atol=1e-5, rtol=0)
     for strip_pixels in (hha_module.STRIP_PIXELS, 1 << 30, 120 * 7):  # default, one, 7 rows
         monkeypatch.setattr(hha_module, "STRIP_PIXELS", strip_pixels)
         for d, expected in zip((depth, holes), fast, strict=True):
