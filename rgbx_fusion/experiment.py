@@ -208,23 +208,17 @@ def _cli(
         # Lightning warns when arguments are passed while sys.argv has some: that is
         # how every entry point here hands over its arguments.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from")
-        return _make_cli(argv, prog, description, parse_only)
-
-
-def _make_cli(
-    argv: Sequence[str], prog: str, description: str | None, parse_only: bool
-) -> ExperimentCLI:
-    return ExperimentCLI(
-        SegmentationTask,
-        RGBXDataModule,
-        trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
-        save_config_kwargs={"overwrite": True},
-        args=list(argv),
-        run=False,
-        parser_kwargs={"parser_mode": "yaml", "prog": prog, "description": description},
-        parser_class=RGBXArgumentParser,
-        parse_only=parse_only,
-    )
+        return ExperimentCLI(
+            SegmentationTask,
+            RGBXDataModule,
+            trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
+            save_config_kwargs={"overwrite": True},
+            args=list(argv),
+            run=False,
+            parser_kwargs={"parser_mode": "yaml", "prog": prog, "description": description},
+            parser_class=RGBXArgumentParser,
+            parse_only=parse_only,
+        )
 
 
 def resolve(configs: Sequence[str | Path] = (), overrides: Overrides = ()) -> Namespace:
