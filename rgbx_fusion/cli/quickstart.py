@@ -20,6 +20,13 @@ from rgbx_fusion.console import console
 from rgbx_fusion.data.atomic import write_text_atomic
 from rgbx_fusion.experiment import build, fit_and_test
 
+#: A progress bar redrawn every 10 steps: redrawing after each of the 900 steps costs
+#: about 5 % of the training time on a 2-core CPU.
+BAR = {
+    "class_path": "pytorch_lightning.callbacks.TQDMProgressBar",
+    "init_args": {"refresh_rate": 10},
+}
+
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="rgbx-fusion quickstart", description=__doc__)
@@ -55,7 +62,7 @@ def run(argv: Sequence[str]) -> int:
     results = []
     for name, stack in runs:
         console.rule(f"training: {name} ({' + '.join(map(str, stack))})")
-        exp = build(stack, {"data.dataset.init_args.root": args.root})
+        exp = build(stack, {"data.dataset.init_args.root": args.root, "trainer.callbacks": [BAR]})
         results.append((name, fit_and_test(exp)))
         # after every run, so an interrupted quickstart keeps what it did
         write_text_atomic(out, json.dumps([result_record(n, r) for n, r in results], indent=2))
