@@ -30,7 +30,15 @@ def with_config_spelling(argv: Sequence[str]) -> list[str]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse`` that also takes ``--num_train`` for ``--num-train`` (subparsers too)."""
+    """``argparse`` that also takes ``--num_train`` for ``--num-train`` (subparsers too).
+
+    Descriptions are the commands' docstrings, shown without their reST literal quotes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("description"):
+            kwargs["description"] = str(kwargs["description"]).replace("``", "")
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
