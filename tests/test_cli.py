@@ -146,7 +146,7 @@ def test_help_lists_every_subcommand_with_a_summary(capsys) -> None:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name, (_, _, summary) in COMMANDS.items():
+    for name, (_, summary) in COMMANDS.items():
         assert f"  {name}" in out and summary in out
 
 

@@ -16,25 +16,21 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-#: command → (module in this package, function, one-line summary); in --help order.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "fit": (
-        "stages",
-        "fit",
-        "train a model (config layers: --config base.yaml --config variant.yaml)",
-    ),
-    "validate": ("stages", "validate", "score a checkpoint on the validation split"),
-    "test": ("stages", "test", "score a checkpoint on the test split (--eval.scales/--eval.flip)"),
-    "predict": ("stages", "predict", "write label PNGs and overlays for a split or image folder"),
-    "fit-test": ("stages", "fit-test", "fit, then test the checkpoint chosen on val"),
-    "quickstart": ("quickstart", "", "render the synthetic RGB-D data, train fusion and RGB only"),
-    "compare": ("compare", "", "train variants × seeds of a recipe; table, plots, robustness"),
-    "prepare": ("prepare", "", "write a dataset in the toolkit's layout (synthetic, nyudv2)"),
-    "hha": ("hha", "", "precompute HHA images for the depth files of a folder dataset"),
-    "list": ("catalogue", "", "show the fusions, aligners, decoders and datasets"),
-    "benchmark": ("benchmark", "", "parameters, FLOPs, latency, memory, scaling, loader rate"),
-    "export": ("export", "", "export a checkpoint to ONNX / torch.export, parity checked"),
-    "import": ("imports", "", "convert a released checkpoint of another code base (cmx)"),
+#: command → (module in this package, one-line summary), in --help order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("stages", "train a model (config layers: --config base.yaml --config variant.yaml)"),
+    "validate": ("stages", "score a checkpoint on the validation split"),
+    "test": ("stages", "score a checkpoint on the test split (--eval.scales/--eval.flip)"),
+    "predict": ("stages", "write label PNGs and overlays for a split or image folder"),
+    "fit-test": ("stages", "fit, then test the checkpoint chosen on val"),
+    "quickstart": ("quickstart", "render the synthetic RGB-D data, train fusion and RGB only"),
+    "compare": ("compare", "train variants × seeds of a recipe; table, plots, robustness"),
+    "prepare": ("prepare", "write a dataset in the toolkit's layout (synthetic, nyudv2)"),
+    "hha": ("hha", "precompute HHA images for the depth files of a folder dataset"),
+    "list": ("catalogue", "show the fusions, aligners, decoders and datasets"),
+    "benchmark": ("benchmark", "parameters, FLOPs, latency, memory, scaling, loader rate"),
+    "export": ("export", "export a checkpoint to ONNX / torch.export, parity checked"),
+    "import": ("imports", "convert a released checkpoint of another code base (cmx)"),
 }
 
 GROUPS = {
@@ -60,7 +56,7 @@ def overview() -> str:
     ]
     for title, names in GROUPS.items():
         lines += ["", f"{title}:"]
-        lines += [f"  {name:<12}{COMMANDS[name][2]}" for name in names]
+        lines += [f"  {name:<12}{COMMANDS[name][1]}" for name in names]
     lines += [
         "",
         "options:",
@@ -73,13 +69,13 @@ def overview() -> str:
 
 def command(name: str) -> Callable[[Sequence[str]], int]:
     """The ``run(argv)`` function of a subcommand."""
-    module_name, stage, _ = COMMANDS[name]
+    module_name = COMMANDS[name][0]
     module = importlib.import_module(f"rgbx_fusion.cli.{module_name}")
     if module_name != "stages":
         return module.run
-    if stage == "fit-test":
+    if name == "fit-test":
         return module.run_fit_test
-    return lambda argv: module.run_stage(stage, argv)
+    return lambda argv: module.run_stage(name, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from rgbx_fusion.experiment import TestResult, build, fit_and_test, prediction_d
 
 def run_stage(stage: str, argv: Sequence[str]) -> int:
     """``rgbx-fusion <stage> [config options]``."""
-    exp = build(args=argv, prog=f"rgbx-fusion {stage}", description=COMMANDS[stage][2])
+    exp = build(args=argv, prog=f"rgbx-fusion {stage}", description=COMMANDS[stage][1])
     run(exp, stage)
     if stage == "predict":
         console.print(f"predictions written to {prediction_dir(exp)}")
@@ -30,7 +30,7 @@ def run_stage(stage: str, argv: Sequence[str]) -> int:
 
 def run_fit_test(argv: Sequence[str]) -> int:
     """``rgbx-fusion fit-test``: one run, as ``fit`` parses it, then its test scores."""
-    exp = build(args=argv, prog="rgbx-fusion fit-test", description=COMMANDS["fit-test"][2])
+    exp = build(args=argv, prog="rgbx-fusion fit-test", description=COMMANDS["fit-test"][1])
     result = fit_and_test(exp)
     name = str(exp.config.get("trainer.default_root_dir") or "run")
     console.print(results_table([(name, result)], "test set (model chosen on val)"))
