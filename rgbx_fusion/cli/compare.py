@@ -24,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--robustness",
         action="store_true",
-        help="also evaluate each best checkpoint under aux shift / noise / holes and dark RGB",
+        help="also evaluate each best checkpoint under aux misregistration (x/y shift, "
+        "rotation, scale), aux noise / holes and dark / noisy RGB",
     )
     p.add_argument("--no-speed", action="store_true", help="skip latency / peak-memory timing")
     return p

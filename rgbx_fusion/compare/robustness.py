@@ -1,11 +1,31 @@
 """Robustness sweeps: test mIoU of trained checkpoints under perturbed inputs.
 
 The perturbations act on normalised batches inside the evaluation loop (nothing is
-written to disk):
+written to disk). Pixels are those of the evaluation image, i.e. of the test batches
+as the recipe's ``data.eval_size`` resizes them (96×128 in the shipped compare configs),
+not of the raw files. Image coordinates: x to the right, y down.
 
-* ``aux_shift_px``: aux moved right by s pixels (misregistration), vacated pixels = 0;
-* ``aux_rotation_deg``: aux rotated by that many degrees about the image centre
-  (misregistration of a rolled camera), pixels from outside the frame = 0;
+Misregistration of aux against RGB (the standard sweep of weakly-aligned RGB-T work):
+
+* ``aux_shift_x_px``: aux moved by the signed level along x (positive: right,
+  negative: left), levels 0, ±2, ..., ±10;
+* ``aux_shift_y_px``: aux moved by the signed level along y (positive: down,
+  negative: up), same levels;
+* ``aux_rotation_deg``: aux rotated by the signed level about the image centre,
+  positive = counter-clockwise as displayed (``torch.rot90(aux, 1, (-2, -1))`` at 90),
+  levels 0, ±1, ±2, ±3, ±5;
+* ``aux_scale``: aux zoomed by the factor about the image centre (> 1 enlarges: the
+  content at distance d from the centre lands at distance level × d), levels 0.94,
+  0.97, 1.0 (clean), 1.03, 1.06;
+* ``aux_shift_px``: aux moved right by the level, 0/4/8/16 (the earlier protocol,
+  kept: level s is ``aux_shift_x_px`` at +s, evaluated once for both).
+
+Shifts are whole pixels and exact; vacated pixels are 0. Rotation and scale sample aux
+bilinearly at the inverse-mapped pixel centres (the centre is pixel ((W-1)/2, (H-1)/2)),
+pixels from outside the frame are 0.
+
+Sensor degradations:
+
 * ``aux_noise_std``: Gaussian noise of this std added to aux (in normalised units);
 * ``aux_holes_fraction``: that share of the cells of an 8×8 grid of aux set to 0
   (1.0 = aux missing altogether);
@@ -14,10 +34,17 @@ written to disk):
   the result kept in [0, 1] like a sensor's output.
 
 Convention:
-    0 is the "missing" value of normalised aux (see ``Normalizer``), so shifts and holes
-    write 0. Level 0 (1.0 for darkness) is the clean input. Noise and holes are drawn
-    from a generator seeded per batch, so every variant sees the same perturbations.
-    The clean input is evaluated once and shared by every curve.
+    0 is the "missing" value of normalised aux (see ``Normalizer``), so shifts, warps
+    and holes write 0. Level 0 (1.0 for darkness and scale) is the clean input. Noise
+    and holes are drawn from a generator seeded per batch, so every variant sees the
+    same perturbations. The clean input is evaluated once and shared by every curve,
+    and so is any other setting two kinds share (``aux_shift_px`` s = ``aux_shift_x_px``
+    +s).
+
+Summary:
+    ``shift_curve`` averages the four directions: at |shift| = s, the mean mIoU of
+    ``aux_shift_x_px`` at ±s and ``aux_shift_y_px`` at ±s (s = 0: the clean score). It
+    is written as the derived kind ``aux_shift_abs_px`` (levels 0, 2, ..., 10).
 """
 
 from __future__ import annotations
@@ -25,7 +52,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +63,31 @@ from torch import Tensor
 
 from rgbx_fusion.data.atomic import write_text_atomic
 
+SHIFT_LEVELS_PX: tuple[int, ...] = (-10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10)
 PERTURBATIONS: dict[str, tuple[float, ...]] = {
+    "aux_shift_x_px": SHIFT_LEVELS_PX,
+    "aux_shift_y_px": SHIFT_LEVELS_PX,
+    "aux_rotation_deg": (-5.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0),
+    "aux_scale": (0.94, 0.97, 1.0, 1.03, 1.06),
     "aux_shift_px": (0, 4, 8, 16),
-    "aux_rotation_deg": (0.0, 2.5, 5.0),
     "aux_noise_std": (0.0, 0.5, 1.0),
     "aux_holes_fraction": (0.0, 0.5, 1.0),
     "rgb_dark_factor": (1.0, 0.3, 0.1),
     "rgb_noise_std": (0.0, 0.1, 0.2),
 }
-CLEAN: dict[str, float] = {"rgb_dark_factor": 1.0}  # the level that leaves the input as is (else 0)
+# the level that leaves the input as is (else 0)
+CLEAN: dict[str, float] = {"rgb_dark_factor": 1.0, "aux_scale": 1.0}
+ALIASES: dict[str, str] = {"aux_shift_px": "aux_shift_x_px"}  # the same input at the same level
+SHIFT_CURVE = "aux_shift_abs_px"  # the derived four-direction kind of ``shift_curve``
+_SHIFT_XY = ("aux_shift_x_px", "aux_shift_y_px")
+LABELS: dict[str, str] = {
+    SHIFT_CURVE: "aux shift |px|, mean of right/left/down/up",
+    "aux_shift_x_px": "aux shift x px (+ right)",
+    "aux_shift_y_px": "aux shift y px (+ down)",
+    "aux_rotation_deg": "aux rotation ° (+ counter-clockwise)",
+    "aux_scale": "aux scale (> 1 enlarges)",
+    "aux_shift_px": "aux shift right px",
+}
 
 
 def is_clean(kind: str, level: float) -> bool:
@@ -51,37 +95,80 @@ def is_clean(kind: str, level: float) -> bool:
     return float(level) == CLEAN.get(kind, 0.0)
 
 
-def shift_aux(aux: Tensor, pixels: int) -> Tensor:
-    """Move aux ``pixels`` to the right (negative: left); vacated columns are 0.
+def setting(kind: str, level: float) -> tuple[str, float]:
+    """What ``perturb(kind, level)`` does, as a key: equal keys give equal inputs."""
+    if is_clean(kind, level):
+        return ("clean", 0.0)
+    return (ALIASES.get(kind, kind), float(level))
 
-    Shape:
-        aux: (B, C, H, W) -> (B, C, H, W)
-    """
-    s = int(pixels)
+
+def _whole(level: float) -> int:
+    if float(level) != int(level):
+        raise ValueError(f"shifts are whole pixels, got {level}")
+    return int(level)
+
+
+def _shift(x: Tensor, s: int, dim: int) -> Tensor:
     if s == 0:
-        return aux
-    out = torch.zeros_like(aux)
-    if abs(s) >= aux.shape[-1]:
+        return x
+    out = torch.zeros_like(x)
+    n = x.shape[dim]
+    if abs(s) >= n:
         return out
     if s > 0:
-        out[..., s:] = aux[..., :-s]
+        out.narrow(dim, s, n - s).copy_(x.narrow(dim, 0, n - s))
     else:
-        out[..., :s] = aux[..., -s:]
+        out.narrow(dim, 0, n + s).copy_(x.narrow(dim, -s, n + s))
     return out
 
 
-def rotate_aux(aux: Tensor, degrees: float) -> Tensor:
-    """Rotate aux counter-clockwise by ``degrees`` about the image centre (bilinear, 0 outside).
+def shift_aux(aux: Tensor, right: int = 0, down: int = 0) -> Tensor:
+    """Move aux ``right`` pixels along x and ``down`` pixels along y (negative: left / up).
+
+    Whole pixels, exact; vacated pixels are 0.
 
     Shape:
         aux: (B, C, H, W) -> (B, C, H, W)
     """
-    if float(degrees) == 0.0:
-        return aux
-    from kornia.geometry.transform import rotate
+    return _shift(_shift(aux, int(right), -1), int(down), -2)
 
-    angle = torch.full((aux.shape[0],), float(degrees), dtype=aux.dtype, device=aux.device)
-    return rotate(aux, angle, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+def warp_aux(aux: Tensor, degrees: float = 0.0, scale: float = 1.0) -> Tensor:
+    """Rotate aux by ``degrees`` and zoom it by ``scale`` about the image centre.
+
+    Positive degrees turn counter-clockwise as displayed (x right, y down); a scale
+    above 1 enlarges. The content at pixel ``c + d`` (``c = ((W-1)/2, (H-1)/2)``, ``d``
+    in pixels) lands at ``c + scale · R(degrees) d``: each output pixel centre is mapped
+    back and aux is sampled there bilinearly, 0 outside the frame. Angles are in pixel
+    units, so a non-square image turns without shearing.
+
+    Shape:
+        aux: (B, C, H, W) -> (B, C, H, W)
+    """
+    if float(degrees) == 0.0 and float(scale) == 1.0:
+        return aux
+    if not float(scale) > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    h, w = aux.shape[-2:]
+    t = math.radians(float(degrees))
+    c, s = math.cos(t) / float(scale), math.sin(t) / float(scale)
+    # output -> input in normalised coordinates (align_corners=False: centre at 0,
+    # x_n = x_px / (W/2)): input = R(-degrees) · output / scale
+    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=torch.float64)
+    grid = F.affine_grid(theta.expand(aux.shape[0], 2, 3), list(aux.shape), align_corners=False).to(
+        device=aux.device, dtype=aux.dtype
+    )
+    return F.grid_sample(aux, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rotate_aux(aux: Tensor, degrees: float) -> Tensor:
+    """Rotate aux counter-clockwise (as displayed) by ``degrees`` about the image centre."""
+    return warp_aux(aux, degrees=degrees)
+
+
+def scale_aux(aux: Tensor, factor: float) -> Tensor:
+    """Zoom aux by ``factor`` about the image centre (> 1 enlarges), 0 outside the frame."""
+    return warp_aux(aux, scale=factor)
 
 
 def holes(aux: Tensor, fraction: float, generator: torch.Generator, cells: int = 8) -> Tensor:
@@ -106,10 +193,14 @@ def perturb(
 ) -> tuple[Tensor, Tensor]:
     """``(rgb, aux)`` of a normalised batch under one perturbation at one level."""
     rgb, aux = batch["rgb"], batch["aux"]
-    if kind == "aux_shift_px":
-        return rgb, shift_aux(aux, int(level))
+    if kind in ("aux_shift_x_px", "aux_shift_px"):
+        return rgb, shift_aux(aux, right=_whole(level))
+    if kind == "aux_shift_y_px":
+        return rgb, shift_aux(aux, down=_whole(level))
     if kind == "aux_rotation_deg":
         return rgb, rotate_aux(aux, float(level))
+    if kind == "aux_scale":
+        return rgb, scale_aux(aux, float(level))
     if kind == "aux_noise_std":
         noise = torch.randn(aux.shape, generator=generator).to(aux)
         return rgb, aux + float(level) * noise
@@ -127,6 +218,56 @@ def perturb(
     raise ValueError(f"unknown perturbation {kind!r}; expected one of {sorted(PERTURBATIONS)}")
 
 
+def sweep(
+    score: Callable[[str, float], float],
+    perturbations: Mapping[str, Sequence[float]],
+    known: Mapping[tuple[str, float], float] | None = None,
+) -> dict[str, list[float]]:
+    """Every curve of ``perturbations``, calling ``score`` once per distinct ``setting``.
+
+    ``known`` holds scores already measured (keyed by ``setting``); they are reused.
+    """
+    scores = dict(known or {})
+    curves: dict[str, list[float]] = {}
+    for kind, levels in perturbations.items():
+        curves[kind] = []
+        for level in levels:
+            key = setting(kind, level)
+            if key not in scores:
+                scores[key] = score(kind, level)
+            curves[kind].append(scores[key])
+    return curves
+
+
+def shift_curve(
+    levels: Mapping[str, Sequence[float]], curves: Mapping[str, Sequence[float]]
+) -> dict[float, float]:
+    """``|shift| -> mean mIoU`` over the four directions (x ±s and y ±s).
+
+    Only the ``|shift|`` at which all four were evaluated; 0 is the clean score. Empty
+    unless both ``aux_shift_x_px`` and ``aux_shift_y_px`` were swept.
+    """
+    if not all(k in levels and k in curves for k in _SHIFT_XY):
+        return {}
+    value = {
+        (kind, float(level)): float(miou)
+        for kind in _SHIFT_XY
+        for level, miou in zip(levels[kind], curves[kind], strict=True)
+    }
+    out: dict[float, float] = {}
+    for s in sorted({abs(level) for _, level in value}):
+        four = [value.get((kind, sign * s)) for kind in _SHIFT_XY for sign in (1.0, -1.0)]
+        present = [v for v in four if v is not None]
+        if s == 0 or len(present) == 4:
+            out[s] = sum(present) / len(present)
+    return out
+
+
+def _number(x: float) -> float:
+    """``x`` as an int when whole (2 rather than 2.0 in the CSV), else as is."""
+    return int(x) if float(x).is_integer() else x
+
+
 def _cached(loader: Iterable[dict[str, Any]], limit_bytes: int = 2**30) -> list[Any] | None:
     """The loader's batches in a list, or ``None`` when they exceed ``limit_bytes``."""
     batches, size = [], 0
@@ -138,13 +279,35 @@ def _cached(loader: Iterable[dict[str, Any]], limit_bytes: int = 2**30) -> list[
     return batches
 
 
+def _known(cached: Mapping[str, Any]) -> dict[tuple[str, float], float]:
+    """The scores of a run's earlier ``robustness.json``, keyed by ``setting``."""
+    levels, curves = cached.get("levels"), cached.get("curves")
+    if not isinstance(levels, dict) or not isinstance(curves, dict):
+        return {}
+    known: dict[tuple[str, float], float] = {}
+    for kind, values in curves.items():
+        for level, miou in zip(levels.get(kind, []), values, strict=False):
+            known[setting(kind, level)] = float(miou)
+    return known
+
+
 @torch.no_grad()
 def evaluate_checkpoint(
     resolved_config: str | Path,
     checkpoint: str | Path,
     perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
+    known: Mapping[tuple[str, float], float] | None = None,
 ) -> dict[str, list[float]]:
-    """Test mIoU of one checkpoint at every level of every perturbation."""
+    """Test mIoU of one checkpoint at every level of every perturbation.
+
+    Each distinct input (``setting``) is evaluated once; ``known`` scores are reused,
+    and the checkpoint is not even loaded when every score is known.
+    """
+    known = dict(known or {})
+    wanted = {setting(k, level) for k, levels in perturbations.items() for level in levels}
+    if wanted <= known.keys():
+        return sweep(lambda kind, level: math.nan, perturbations, known)
+
     from rgbx_fusion.experiment import build
     from rgbx_fusion.tasks.metrics import SegmentationMetrics
 
@@ -172,17 +335,10 @@ def evaluate_checkpoint(
             metric.update(logits.argmax(1), batch["mask"].to(device))
         return float(metric.scores()["mIoU"])
 
-    clean: float | None = None
-    curves: dict[str, list[float]] = {}
-    for kind, levels in perturbations.items():
-        curves[kind] = []
-        for level in levels:
-            if is_clean(kind, level):
-                clean = score(kind, level) if clean is None else clean
-                curves[kind].append(clean)
-            else:
-                curves[kind].append(score(kind, level))
-    return curves
+    return sweep(score, perturbations, known)
+
+
+FIELDS = ["variant", "seed", "perturbation", "level", "test_mIoU"]
 
 
 def run_robustness(
@@ -190,43 +346,102 @@ def run_robustness(
     out: Path,
     perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
 ) -> list[dict[str, Any]]:
-    """Sweep every run's best checkpoint (cached in its folder); write robustness.csv / .png."""
+    """Sweep every run's best checkpoint; write robustness.csv / .json / .png.
+
+    Each run's scores are cached in its folder (``robustness.json``): a rerun with the
+    same levels evaluates nothing, one with other levels only the settings not scored
+    yet. Rows: one per run, kind and level, then the run's ``aux_shift_abs_px`` rows
+    (``shift_curve``) when both shift directions were swept.
+    """
     rows: list[dict[str, Any]] = []
+    levels = {k: list(v) for k, v in perturbations.items()}
     for m in metrics:
         folder = out / "runs" / m["variant"] / f"seed{m['seed']}"
         cache = folder / "robustness.json"
-        levels = {k: list(v) for k, v in perturbations.items()}
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
         if cached.get("levels") == levels:
             curves = cached["curves"]
         else:
-            curves = evaluate_checkpoint(m["resolved_config"], m["checkpoint"], perturbations)
-            write_text_atomic(cache, json.dumps({"levels": levels, "curves": curves}, indent=2))
+            curves = evaluate_checkpoint(
+                m["resolved_config"], m["checkpoint"], perturbations, _known(cached)
+            )
+        shift = shift_curve(levels, curves)
+        doc: dict[str, Any] = {"levels": levels, "curves": curves}
+        if shift:
+            doc["shift_curve"] = {
+                "abs_px": [_number(s) for s in shift],
+                "test_mIoU": list(shift.values()),
+            }
+        if doc != cached:
+            write_text_atomic(cache, json.dumps(doc, indent=2))
+        run = {"variant": m["variant"], "seed": m["seed"]}
         for kind, values in curves.items():
             for level, miou in zip(levels[kind], values, strict=True):
-                rows.append(
-                    {
-                        "variant": m["variant"],
-                        "seed": m["seed"],
-                        "perturbation": kind,
-                        "level": level,
-                        "test_mIoU": miou,
-                    }
-                )
+                rows.append({**run, "perturbation": kind, "level": level, "test_mIoU": miou})
+        for s, miou in shift.items():
+            rows.append(
+                {**run, "perturbation": SHIFT_CURVE, "level": _number(s), "test_mIoU": miou}
+            )
     buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, fieldnames=["variant", "seed", "perturbation", "level", "test_mIoU"]
-    )
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "robustness.csv", buf.getvalue())
+    write_text_atomic(out / "robustness.json", json.dumps(summarize(rows), indent=2))
     if rows:
         plot_robustness(rows, out / "robustness.png")
     return rows
 
 
-def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """One panel per perturbation, one curve per variant (mean over seeds)."""
+def _means(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[float, float]]]:
+    """``variant -> kind -> level -> mean test mIoU over seeds``, in the rows' order."""
+    acc: dict[str, dict[str, dict[float, list[float]]]] = {}
+    for r in rows:
+        per_kind = acc.setdefault(r["variant"], {}).setdefault(r["perturbation"], {})
+        per_kind.setdefault(float(r["level"]), []).append(float(r["test_mIoU"]))
+    return {
+        v: {k: {x: sum(ys) / len(ys) for x, ys in pts.items()} for k, pts in kinds.items()}
+        for v, kinds in acc.items()
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep per variant, mean over seeds: the content of ``robustness.json``.
+
+    ``{"seeds": {variant: [...]}, "levels": {kind: [...]}, "curves": {variant: {kind:
+    [...]}}, "shift_curve": {"abs_px": [...], "test_mIoU": {variant: [...]}}}``; a
+    variant lacking a level has ``null`` there.
+    """
+    means = _means(rows)
+    seeds: dict[str, list[Any]] = {}
+    for r in rows:
+        if r["seed"] not in seeds.setdefault(r["variant"], []):
+            seeds[r["variant"]].append(r["seed"])
+    kinds = list(dict.fromkeys(r["perturbation"] for r in rows))
+    levels = {k: sorted({float(r["level"]) for r in rows if r["perturbation"] == k}) for k in kinds}
+    curves = {
+        v: {k: [per.get(k, {}).get(x) for x in levels[k]] for k in kinds}
+        for v, per in means.items()
+    }
+    summary: dict[str, Any] = {
+        "seeds": seeds,
+        "levels": {k: [_number(x) for x in xs] for k, xs in levels.items()},
+        "curves": curves,
+    }
+    if SHIFT_CURVE in levels:
+        summary["shift_curve"] = {
+            "abs_px": [_number(x) for x in levels[SHIFT_CURVE]],
+            "test_mIoU": {v: c[SHIFT_CURVE] for v, c in curves.items()},
+        }
+    return summary
+
+
+def plot_robustness(rows: Sequence[dict[str, Any]], path: Path, columns: int = 5) -> None:
+    """One panel per perturbation, one curve per variant (mean over seeds).
+
+    The four-direction shift curve (``aux_shift_abs_px``) comes first, then the kinds in
+    the rows' order (signed x and y shifts, rotation, scale, ...), ``columns`` per row.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,23 +450,28 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path) -> None:
     from rgbx_fusion.compare.report import _save
 
     kinds = list(dict.fromkeys(r["perturbation"] for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
+    if SHIFT_CURVE in kinds:
+        kinds.remove(SHIFT_CURVE)
+        kinds.insert(0, SHIFT_CURVE)
+    means = _means(rows)
+    ncols = max(1, min(columns, len(kinds)))
+    nrows = -(-len(kinds) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
     colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # distinct colours for 20 variants
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        for n, v in enumerate(variants):
-            pts: dict[float, list[float]] = {}
-            for r in rows:
-                if r["variant"] == v and r["perturbation"] == kind:
-                    pts.setdefault(float(r["level"]), []).append(float(r["test_mIoU"]))
+    flat = [ax for row in axes for ax in row]
+    for ax, kind in zip(flat, kinds, strict=False):
+        for n, (v, per_kind) in enumerate(means.items()):
+            pts = per_kind.get(kind, {})
             xs = sorted(pts)
             style = {"color": colors[n % 20], "linestyle": ("-", "--", ":")[n // 20 % 3]}
-            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=v, **style)
-        ax.set_xlabel(kind)
+            ax.plot(xs, [pts[x] for x in xs], marker="o", markersize=3, label=v, **style)
+        ax.set_xlabel(LABELS.get(kind, kind))
         ax.set_ylabel("test mIoU")
         ax.grid(alpha=0.3)
         if kind == "rgb_dark_factor":
             ax.invert_xaxis()  # darker to the right, like the other panels
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in flat[len(kinds) :]:
+        ax.set_visible(False)
+    handles, labels = flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     _save(fig, path)
