@@ -17,6 +17,7 @@ import numpy.typing as npt
 from torch.utils.data import Dataset
 
 from rgbx_fusion.data.depth import DEPTH_FORMATS, decode_depth, read_image_array
+from rgbx_fusion.data.rig import DeclaredTransform
 from rgbx_fusion.errors import (
     ConfigError,
     CorruptFileError,
@@ -33,6 +34,11 @@ _EXTENSIONS = {
     "labels": (".png",),
     "thermal": (".png", ".tif", ".tiff"),
 }
+
+_UNREGISTERED_FIX = (
+    "an aux camera that is not registered to the colour camera needs its rig transform: "
+    "declare aux_from_rgb in dataset.json (see datasets/README.md)"
+)
 
 
 def _index_folder(folder: Path, extensions: Sequence[str]) -> dict[str, Path]:
@@ -118,6 +124,13 @@ class FolderRGBX(Dataset[Sample]):
             ``None`` takes it from ``dataset.json``. Ignored for thermal.
         classes: class names; ``None`` takes them from ``dataset.json``.
         ignore_index: label value of unlabelled pixels.
+        aux_from_rgb: 3×3 rig transform, RGB pixel → stored aux pixel; overrides the
+            ``aux_from_rgb`` key of ``dataset.json``. With either, every aux image is
+            resampled onto the RGB grid when it is loaded (:mod:`rgbx_fusion.data.rig`:
+            depth by nearest neighbour, thermal bilinearly, outside the aux frame → 0),
+            so aux may have another size than RGB. A per-frame ground truth T of
+            ``meta.json`` (``aux_from_rgb``) then becomes the misregistration left after
+            the declared D, ``inv(D) @ T``, so end-point errors stay correct.
     """
 
     ignore_index: int = 255
@@ -131,6 +144,7 @@ class FolderRGBX(Dataset[Sample]):
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int = 255,
+        aux_from_rgb: Sequence[Sequence[float]] | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -155,6 +169,7 @@ class FolderRGBX(Dataset[Sample]):
                 f"{self.depth_format!r}); set data.dataset.init_args.depth_format"
             )
         self.camera_k = info.get("K")
+        self.rig = DeclaredTransform.load(self.root / "dataset.json", info, aux_from_rgb)
         self.aux_channels = 1
         self.names = read_split(self.root / "splits" / f"{split}.txt")
         self.files = self._resolve_files()
@@ -200,6 +215,8 @@ class FolderRGBX(Dataset[Sample]):
         files = self.files[index]
         rgb = read_rgb(files["rgb"])
         aux = self.read_aux(files["aux"])
+        if self.rig is not None:
+            aux = self.rig.resample(aux, rgb.shape[:2], self.modality)
         mask = read_label(files["labels"], len(self.classes), self.ignore_index)
         for key, arr in (("aux", aux), ("labels", mask)):
             if arr.shape[:2] != rgb.shape[:2]:
@@ -207,11 +224,14 @@ class FolderRGBX(Dataset[Sample]):
                     files[key],
                     f"the size of {files['rgb'].name} ({rgb.shape[0]}×{rgb.shape[1]})",
                     f"{arr.shape[0]}×{arr.shape[1]}",
+                    _UNREGISTERED_FIX if key == "aux" else "",
                 )
         name = self.names[index]
         meta: dict[str, Any] = {"name": name, **self.sample_meta.get(name, {})}
         if "K" not in meta and self.camera_k is not None:
             meta["K"] = self.camera_k
+        if self.rig is not None:
+            meta = self.rig.adjust_meta(meta)
         return Sample(rgb=rgb, aux=aux[..., None], mask=mask, meta=meta)
 
 

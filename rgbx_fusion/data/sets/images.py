@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rgbx_fusion.data.depth import DEPTH_FORMATS
+from rgbx_fusion.data.rig import DeclaredTransform
 from rgbx_fusion.data.sets.folder import MODALITIES, _default_palette, read_rgb, read_thermal
 from rgbx_fusion.data.sets.paired import IMAGE_EXTENSIONS, check_depth_pngs, read_depth
 from rgbx_fusion.errors import ConfigError, DatasetError, MissingFileError, ShapeMismatchError
@@ -82,7 +83,7 @@ class ImageFolderRGBX(Dataset[Sample]):
         split: accepted for the dataset contract and ignored: every split is the folder.
         rgb_dir: folder of 8-bit colour images (``.png``, ``.jpg``, ``.jpeg``).
         aux_dir: folder of depth or thermal images with the same stems, registered to the
-            colour images (same size; reproject first if the cameras differ).
+            colour images (same size), unless ``aux_from_rgb`` is given.
         modality: ``"depth"`` or ``"thermal"``.
         depth_format: on-disk depth encoding (see :mod:`rgbx_fusion.data.depth`); required
             for depth. ``npy_m`` reads ``.npy`` files, the others ``.png``.
@@ -96,6 +97,11 @@ class ImageFolderRGBX(Dataset[Sample]):
         unpaired: ``"error"`` (default) fails naming images without a partner; ``"skip"``
             leaves them out with one warning.
         ignore_index: value of the (all-unlabelled) masks.
+        aux_from_rgb: 3×3 rig transform, RGB pixel → aux pixel (the ``aux_from_rgb`` of a
+            ``dataset.json``, e.g. written by ``rgbx-fusion calibrate``). Every aux image is
+            then resampled onto the colour image's grid when it is loaded (depth by nearest
+            neighbour, thermal bilinearly, outside the aux frame → 0; see
+            :mod:`rgbx_fusion.data.rig`), so it may have another size.
     """
 
     #: No ground truth: the DataModule must not estimate aux statistics from these images.
@@ -115,6 +121,7 @@ class ImageFolderRGBX(Dataset[Sample]):
         checkpoint: str | Path | None = None,
         unpaired: Literal["error", "skip"] = "error",
         ignore_index: int = 255,
+        aux_from_rgb: Sequence[Sequence[float]] | None = None,
     ) -> None:
         if modality not in MODALITIES:
             raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -165,6 +172,7 @@ class ImageFolderRGBX(Dataset[Sample]):
             else _default_palette(len(self.classes))
         )
         self.ignore_index = ignore_index
+        self.rig = DeclaredTransform.load(None, {}, aux_from_rgb)
         self.names, self.files = self._pair(unpaired)
 
     def _aux_extensions(self) -> tuple[str, ...]:
@@ -214,12 +222,15 @@ class ImageFolderRGBX(Dataset[Sample]):
         rgb = read_rgb(files["rgb"])
         rgb = rgb if rgb.flags.writeable else rgb.copy()  # torch wants writable arrays
         aux = self.read_aux(files["aux"])
+        if self.rig is not None:
+            aux = self.rig.resample(aux, rgb.shape[:2], self.modality)
         if aux.shape[:2] != rgb.shape[:2]:
             raise ShapeMismatchError(
                 files["aux"],
                 f"the size of {files['rgb'].name} ({rgb.shape[0]}×{rgb.shape[1]})",
                 f"{aux.shape[0]}×{aux.shape[1]}",
-                "register the aux images to the colour camera (same size) first",
+                "register the aux images to the colour camera (same size) first, or pass "
+                "their rig transform as aux_from_rgb",
             )
         meta: dict[str, Any] = {
             "name": self.names[index],

@@ -54,9 +54,13 @@ class MFNet(PairedFiles):
         split: ``"train"``, ``"val"``, ``"test"``, ``"test_day"`` or ``"test_night"``.
         root: dataset root (layout: ``datasets/README.md``, "MFNet").
         names: use these sample names instead of the split file.
+        aux_from_rgb: 3×3 rig transform, RGB pixel → aux pixel; overrides the
+            ``aux_from_rgb`` key of ``root/dataset.json``. Aux is then resampled onto the
+            RGB grid when loaded (:class:`~rgbx_fusion.data.sets.paired.PairedFiles`).
     """
 
     aux_channels = 1
+    aux_kinds = ("thermal",)
     classes = CLASSES
     palette = PALETTE
 
@@ -65,8 +69,9 @@ class MFNet(PairedFiles):
         split: str = "train",
         root: str | Path = "datasets/mfnet",
         names: Sequence[str] | None = None,
+        aux_from_rgb: Sequence[Sequence[float]] | None = None,
     ) -> None:
-        super().__init__(split, root)
+        super().__init__(split, root, aux_from_rgb)
         if split not in SPLITS:
             raise ConfigError(f"MFNet split must be one of {SPLITS}, got {split!r}")
         if names is not None:

@@ -120,6 +120,9 @@ class NYUDv2(PairedFiles):
         val_fraction: fraction of train that forms ``"val"`` (0 = no val split).
         val_seed: seed of the val draw.
         names: use these sample names instead of the split file (e.g. a subset).
+        aux_from_rgb: 3×3 rig transform, RGB pixel → aux pixel; overrides the
+            ``aux_from_rgb`` key of ``root/dataset.json``. Aux is then resampled onto the
+            RGB grid when loaded (:class:`~rgbx_fusion.data.sets.paired.PairedFiles`).
     """
 
     def __init__(
@@ -134,8 +137,9 @@ class NYUDv2(PairedFiles):
         val_fraction: float = 0.0,
         val_seed: int = 0,
         names: Sequence[str] | None = None,
+        aux_from_rgb: Sequence[Sequence[float]] | None = None,
     ) -> None:
-        super().__init__(split, root)
+        super().__init__(split, root, aux_from_rgb)
         if split not in SPLITS:
             raise ConfigError(f"NYUDv2 split must be one of {SPLITS}, got {split!r}")
         if aux not in AUX_CHOICES:
@@ -147,6 +151,7 @@ class NYUDv2(PairedFiles):
             raise ConfigError(f"NYUDv2 layout must be one of {LAYOUTS}, got {layout!r}")
         self.aux = aux
         self.aux_parts = tuple(aux.split("+"))
+        self.aux_kinds = self.aux_parts
         self.aux_channels = sum(1 if p == "depth" else 3 for p in self.aux_parts)
         if self.layout == "esanet" and "hha" in self.aux_parts:
             raise ConfigError("the ESANet layout has no HHA images; use aux='depth'")

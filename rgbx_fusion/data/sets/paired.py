@@ -10,7 +10,10 @@ parts they have in common:
   void → 255) and ``0 = a real class`` (MFNet, PST900: no shift);
 * the validation subset carved with a fixed seed from a train-only release;
 * depth reading with the checks that catch silently wrong encodings (8-bit
-  PNGs min-max scaled per image where metric 16-bit depth is declared).
+  PNGs min-max scaled per image where metric 16-bit depth is declared);
+* the optional rig transform (``aux_from_rgb`` in ``root/dataset.json`` or the
+  readers' ``aux_from_rgb`` argument) that resamples every aux part onto the RGB
+  grid when a sample is loaded (:mod:`rgbx_fusion.data.rig`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import numpy.typing as npt
 from torch.utils.data import Dataset
 
 from rgbx_fusion.data.depth import LossyDepthWarning, decode_depth, read_image_array
-from rgbx_fusion.data.sets.folder import read_split
+from rgbx_fusion.data.rig import DeclaredTransform
+from rgbx_fusion.data.sets.folder import read_json_object, read_split
 from rgbx_fusion.errors import (
     ConfigError,
     DatasetError,
@@ -243,16 +247,29 @@ class PairedFiles(Dataset[Sample]):
     ``files`` (roles ``"rgb"`` and ``"label"`` at least) in ``__init__`` and
     implement :meth:`read_inputs` and :meth:`read_mask`; this class checks
     that rgb, aux and labels share one size and assembles the :class:`Sample`.
+
+    A rig transform ``aux_from_rgb`` (the argument, else the key of
+    ``root/dataset.json``) resamples every aux part onto the RGB grid before that
+    check, each by its kind in :attr:`aux_kinds` (``"depth"`` and ``"hha"`` by nearest
+    neighbour, ``"thermal"`` bilinearly; parts beyond the tuple count as depth). A
+    ground-truth ``aux_from_rgb`` T in ``meta`` becomes ``inv(D) @ T``, the
+    misregistration left after the declared D.
     """
 
     ignore_index: int = 255
     classes: tuple[str, ...]
     palette: Palette
     aux_channels: int
+    #: Kind of each aux part returned by :meth:`read_inputs`, in order (for resampling).
+    aux_kinds: tuple[str, ...] = ()
 
-    def __init__(self, split: str, root: str | Path) -> None:
+    def __init__(
+        self, split: str, root: str | Path, aux_from_rgb: Sequence[Sequence[float]] | None = None
+    ) -> None:
         self.split = split
         self.root = Path(root)
+        info_path = self.root / "dataset.json"
+        self.rig = DeclaredTransform.load(info_path, read_json_object(info_path), aux_from_rgb)
         self.names: list[str] = []
         self.files: list[dict[str, Path]] = []
         self._listings: dict[tuple[Path, tuple[str, ...]], dict[str, Path]] = {}
@@ -322,6 +339,13 @@ class PairedFiles(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         files = self.files[index]
         rgb, parts = self.read_inputs(files)
+        if self.rig is not None:
+            rig = self.rig
+            kinds = self.aux_kinds
+            parts = [
+                (path, rig.resample(arr, rgb.shape[:2], kinds[i] if i < len(kinds) else "depth"))
+                for i, (path, arr) in enumerate(parts)
+            ]
         mask = self.read_mask(files["label"])
         for path, arr in [*parts, (files["label"], mask)]:
             if arr.shape[:2] != rgb.shape[:2]:
@@ -331,11 +355,12 @@ class PairedFiles(Dataset[Sample]):
                     f"{arr.shape[0]}×{arr.shape[1]}",
                 )
         aux = np.concatenate([a.reshape(*a.shape[:2], -1) for _, a in parts], axis=2)
+        meta = self.sample_meta(index)
         return Sample(
             rgb=rgb,
             aux=np.ascontiguousarray(aux, dtype=np.float32),
             mask=mask.astype(np.int64, copy=False),
-            meta=self.sample_meta(index),
+            meta=meta if self.rig is None else self.rig.adjust_meta(meta),
         )
 
     def __repr__(self) -> str:

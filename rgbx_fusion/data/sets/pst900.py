@@ -46,6 +46,9 @@ class PST900(PairedFiles):
         val_fraction: fraction of train that forms ``"val"`` (0 = no val split).
         val_seed: seed of the val draw.
         names: use these sample names instead of the split file / folder listing.
+        aux_from_rgb: 3×3 rig transform, RGB pixel → aux pixel; overrides the
+            ``aux_from_rgb`` key of ``root/dataset.json``. Aux is then resampled onto the
+            RGB grid when loaded (:class:`~rgbx_fusion.data.sets.paired.PairedFiles`).
     """
 
     classes = CLASSES
@@ -60,13 +63,15 @@ class PST900(PairedFiles):
         val_fraction: float = 0.0,
         val_seed: int = 0,
         names: Sequence[str] | None = None,
+        aux_from_rgb: Sequence[Sequence[float]] | None = None,
     ) -> None:
-        super().__init__(split, root)
+        super().__init__(split, root, aux_from_rgb)
         if split not in SPLITS:
             raise ConfigError(f"PST900 split must be one of {SPLITS}, got {split!r}")
         if aux not in AUX_CHOICES:
             raise ConfigError(f"PST900 aux must be one of {AUX_CHOICES}, got {aux!r}")
         self.aux_parts = tuple(aux.split("+"))
+        self.aux_kinds = self.aux_parts
         self.aux_channels = len(self.aux_parts)
         if "depth" in self.aux_parts and depth_format not in DEPTH_FORMATS:
             raise ConfigError(

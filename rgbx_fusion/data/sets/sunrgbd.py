@@ -104,9 +104,13 @@ class SUNRGBD(PairedFiles):
         val_fraction: fraction of train that forms ``"val"`` (0 = no val split).
         val_seed: seed of the val draw.
         names: use these sample names instead of the split file / folder listing.
+        aux_from_rgb: 3×3 rig transform, RGB pixel → aux pixel; overrides the
+            ``aux_from_rgb`` key of ``root/dataset.json``. Aux is then resampled onto the
+            RGB grid when loaded (:class:`~rgbx_fusion.data.sets.paired.PairedFiles`).
     """
 
     aux_channels = 1
+    aux_kinds = ("depth",)
 
     def __init__(
         self,
@@ -116,8 +120,9 @@ class SUNRGBD(PairedFiles):
         val_fraction: float = 0.0,
         val_seed: int = 0,
         names: Sequence[str] | None = None,
+        aux_from_rgb: Sequence[Sequence[float]] | None = None,
     ) -> None:
-        super().__init__(split, root)
+        super().__init__(split, root, aux_from_rgb)
         if split not in SPLITS:
             raise ConfigError(f"SUNRGBD split must be one of {SPLITS}, got {split!r}")
         if depth_format not in DEPTH_FORMATS:
