@@ -288,11 +288,13 @@ def render_frame(
     misalign: str = "none",
     misalign_strength: float = 1.0,
     aux_from_rgb: np.ndarray | None = None,
+    daylight: bool = False,
 ) -> Frame:
     """Render one deterministic frame from ``seed``.
 
     With ``misalign`` other than ``"none"`` the aux image is warped by ``aux_from_rgb`` (3×3,
     pixels) when given (one rig-wide transform), else by a transform drawn for this frame.
+    Thermal scenes are lit as at night (a nearly black colour image) unless ``daylight``.
     """
     rng = np.random.default_rng(seed)
     night = modality == "thermal"
@@ -300,7 +302,11 @@ def render_frame(
     temp = paint_objects(rng, rgb, depth, labels, night)
     rgb *= rng.uniform(0.75, 1.15)
     observed: npt.NDArray[np.float64]
-    if night:
+    if night and daylight:
+        observed = rgb + rng.standard_normal(rgb.shape) * 0.012
+        noisy = temp + rng.standard_normal(temp.shape).astype(np.float32) * 0.015
+        aux = cv2.GaussianBlur(noisy, (0, 0), 1.0)
+    elif night:
         observed = rgb * rng.uniform(0.08, 0.2) + rng.standard_normal(rgb.shape) * 0.04
         noisy = temp + rng.standard_normal(temp.shape).astype(np.float32) * 0.015
         aux = cv2.GaussianBlur(noisy, (0, 0), 1.0)

@@ -1,0 +1,481 @@
+"""Classical multimodal registration: one global transform per RGB / aux image pair.
+
+:func:`register` finds, for every pair of a batch, the 3×3 ``aux_from_rgb`` matrix that maps
+RGB pixel coordinates ``(x, y, 1)`` to aux pixel coordinates (pixel centres at integers, the
+convention of ``meta.json`` and :mod:`rgbx_fusion.geometry.camera`). No training is involved.
+
+How:
+    - **Similarity.** Depth, thermal or HHA share edges with the colour image, not
+      intensities, so the score compares local edge *orientation*: the normalised gradient
+      field (NGF) of each image, written with structure tensors so that a multi-channel
+      image (RGB, HHA) contributes all its channels. Per pixel the score is
+      ``<Sr, Sa> / ((tr Sr + er²)(tr Sa + ea²))``: near 1 where both images have a strong
+      edge of the same orientation, 0 where either is flat. ``er²`` and ``ea²`` are half of
+      each image's mean gradient energy, so a dark (night) colour image scores like a
+      bright one and weak texture counts less than real edges. Missing aux pixels (all
+      channels 0 by default) are filled from valid neighbours only to place edges; pixels
+      without a measurement nearby are left out of the score, never read as values.
+    - **Coarse to fine.** A validity-aware Gaussian pyramid (kornia ``pyrdown`` of
+      ``aux · valid`` and ``valid``). On the coarsest level an exhaustive search over
+      shifts picks each pair's start; every level then refines the full model with Adam on
+      batched parameters, one independent transform per pair. The parameters live in
+      centred coordinates scaled by half the longer image side, so they carry across
+      levels unchanged. kornia's ``ImageRegistrator`` optimises one transform for one pair
+      with a per-pixel intensity loss; this needs a batch, a validity mask and a
+      cross-modal score, so its pyramid and filters are used, not its loop.
+    - **Confidence.** At the solution the score is compared with the score of the same
+      transform moved by a few pixels in eight directions. A correct registration sits on a
+      sharp peak; a failed one (flat aux, another scene, no overlap) does not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d, spatial_gradient
+from kornia.geometry.transform import pyrdown
+from torch import Tensor
+
+from rgbx_fusion.errors import ConfigError
+
+MODELS = ("translation", "similarity", "affine", "homography")
+_NUM_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The result of :func:`register` for a batch of B pairs.
+
+    Attributes:
+        aux_from_rgb: (B, 3, 3) float64, RGB pixel → aux pixel (last row ends in 1).
+        residual: (B,) float64 in [0, 1], ``1 − score`` at the solution (lower is better).
+        confidence: (B,) float64 in [0, 1], how sharply the score peaks at the solution.
+            A registration below about 0.3 should not be trusted.
+        overlap: (B,) float64, the fraction of RGB pixels mapped onto measured aux pixels.
+    """
+
+    aux_from_rgb: Tensor
+    residual: Tensor
+    confidence: Tensor
+    overlap: Tensor
+
+    def reliable(self, min_confidence: float = 0.3, min_overlap: float = 0.3) -> Tensor:
+        """(B,) bool: pairs whose transform can be used."""
+        return (self.confidence >= min_confidence) & (self.overlap >= min_overlap)
+
+
+def register(
+    rgb: Tensor,
+    aux: Tensor,
+    model: str = "affine",
+    *,
+    aux_valid: Tensor | None = None,
+    max_shift: float = 0.04,
+    iterations: tuple[int, ...] = (40, 20, 15),
+    min_coarse: int = 100,
+    max_points: int = 20000,
+) -> Registration:
+    """Register ``aux`` to ``rgb``: one ``aux_from_rgb`` transform per pair.
+
+    Args:
+        rgb: (B, 3, H, W) float in [0, 1].
+        aux: (B, C, H', W') float: depth in metres, thermal or HHA in [0, 1]. It may have
+            another size than ``rgb``; the transform maps between the two native grids.
+        model: ``translation`` (2 DOF), ``similarity`` (4), ``affine`` (6) or ``homography`` (8).
+        aux_valid: (B, 1, H', W') bool, the aux pixels that hold a measurement. Default:
+            every pixel where not all channels are 0 (missing depth is stored as 0).
+        max_shift: the largest shift the coarse search tries, as a fraction of the RGB
+            image's longer side (0.04 = 26 px at 640×480). Rotation and scale are left to
+            the refinement.
+        iterations: Adam steps per pyramid level, coarse to fine, ending at full resolution.
+            Images too small for that many levels use the last counts.
+        min_coarse: no level's shorter side is below this (the images' own size aside).
+        max_points: each level is scored on at most this many RGB pixels per pair, those
+            with the strongest colour structure (the others add almost nothing).
+
+    Returns:
+        :class:`Registration`, float64 on ``rgb``'s device.
+
+    Shape:
+        rgb: (B, 3, H, W), aux: (B, C, H', W') -> aux_from_rgb (B, 3, 3)
+    """
+    if model not in MODELS:
+        raise ConfigError(f"register: model must be one of {MODELS}, got {model!r}")
+    _check_inputs(rgb, aux, aux_valid, iterations)
+    if aux_valid is None:
+        aux_valid = (aux != 0).any(dim=1, keepdim=True)
+    aux_valid = aux_valid & torch.isfinite(aux).all(dim=1, keepdim=True)
+    # one pixel off every hole and frame edge: resampled borders blend values with "missing"
+    aux_valid = -F.max_pool2d(-aux_valid.float(), 3, stride=1, padding=1) > 0.5
+    aux = torch.where(aux_valid, aux, torch.zeros_like(aux)).float()
+    rgb = rgb.float()
+    halvings = 0
+    while min(rgb.shape[-2:]) // 2 ** (halvings + 1) >= min_coarse:
+        halvings += 1
+    used = min(len(iterations), halvings + 1)
+    iterations = iterations[-used:]
+    rgb_levels = _pyramid(rgb, torch.ones_like(rgb[:, :1]), halvings, used)
+    aux_levels = _pyramid(aux, aux_valid.float(), halvings, used)
+    frames = _Frames(rgb.shape[-2:], aux.shape[-2:])
+
+    with torch.no_grad():
+        full = _start(rgb_levels[0], aux_levels[0], frames, max_shift, model)
+    for steps, lr, la in zip(iterations, rgb_levels, aux_levels, strict=True):
+        points = _select(lr, max_points)
+        full = _refine(points, la, frames, full, model, steps, lr.scale)
+
+    with torch.no_grad():
+        score = _score(points, aux_levels[-1], frames, full, rgb_levels[-1].scale)
+        confidence = _confidence(points, aux_levels[-1], frames, full, score, rgb_levels[-1].scale)
+        overlap = _overlap(rgb_levels[-1], aux_levels[-1], frames, full)
+    return Registration(
+        aux_from_rgb=frames.pixel_matrix(full.double()),
+        residual=(1.0 - score).double().clamp(0.0, 1.0),
+        confidence=confidence.double(),
+        overlap=overlap.double(),
+    )
+
+
+def _check_inputs(
+    rgb: Tensor, aux: Tensor, aux_valid: Tensor | None, iterations: tuple[int, ...]
+) -> None:
+    if rgb.ndim != 4 or rgb.shape[1] != 3:
+        raise ConfigError(f"register: rgb must be (B, 3, H, W), got {tuple(rgb.shape)}")
+    if aux.ndim != 4 or aux.shape[0] != rgb.shape[0]:
+        raise ConfigError(
+            f"register: aux must be (B, C, H, W) with the batch of rgb ({rgb.shape[0]}), "
+            f"got {tuple(aux.shape)}"
+        )
+    if not (rgb.is_floating_point() and aux.is_floating_point()):
+        raise ConfigError(
+            f"register: rgb and aux must be floating point, got {rgb.dtype} and {aux.dtype}"
+        )
+    if aux_valid is not None and (
+        aux_valid.dtype != torch.bool or aux_valid.shape != (aux.shape[0], 1, *aux.shape[-2:])
+    ):
+        raise ConfigError(
+            f"register: aux_valid must be a bool (B, 1, H', W') mask matching aux, got "
+            f"{aux_valid.dtype} {tuple(aux_valid.shape)}"
+        )
+    if not iterations or min(iterations) < 1:
+        raise ConfigError(f"register: iterations must be positive per level, got {iterations}")
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One pyramid level: hole-filled image, where it is measured, its structure tensor."""
+
+    image: Tensor  # (B, C, h, w)
+    valid: Tensor  # (B, 1, h, w) float 0/1: measured here
+    defined: Tensor  # (B, 1, h, w) float 0/1: enough measurements nearby for a gradient
+    tensor: Tensor  # (B, 3, h, w): Sxx, Sxy, Syy, normalised (see _normalise)
+    scale: float  # level pixels per native pixel
+
+
+def _pyramid(image: Tensor, valid: Tensor, halvings: int, used: int) -> list[_Level]:
+    """The ``used`` coarsest of ``halvings + 1`` pyramid levels, coarse first."""
+    weighted, weight = image * valid, valid
+    out: list[_Level] = []
+    scale = 1.0
+    for level in range(halvings + 1):
+        if level >= halvings + 1 - used:
+            out.append(_make_level(weighted, weight, scale))
+        if level < halvings:
+            width = weighted.shape[-1]
+            weighted, weight = pyrdown(weighted), pyrdown(weight)
+            scale *= weighted.shape[-1] / width
+    return out[::-1]
+
+
+def _make_level(weighted: Tensor, weight: Tensor, scale: float) -> _Level:
+    """Fill holes by normalised convolution (to place edges), then the structure tensor."""
+    spread = gaussian_blur2d(weight, (9, 9), (2.0, 2.0))
+    image = torch.where(
+        weight > 0.99,
+        weighted / weight.clamp_min(1e-6),
+        gaussian_blur2d(weighted, (9, 9), (2.0, 2.0)) / spread.clamp_min(1e-6),
+    )
+    near = (spread > 0.3).float() * (weight > 0.5)
+    defined = -F.max_pool2d(-near, 3, stride=1, padding=1)  # Sobel reads the 3×3 neighbours
+    tensor = _structure_tensor(image)
+    return _Level(image, (weight > 0.99).float(), defined, _normalise(tensor, defined), scale)
+
+
+def _structure_tensor(image: Tensor) -> Tensor:
+    """Per-pixel structure tensor (Sobel gradients) summed over channels: (B, 3, h, w)."""
+    grad = spatial_gradient(image, mode="sobel")  # (B, C, 2, h, w)
+    gx, gy = grad[:, :, 0], grad[:, :, 1]
+    return torch.stack(((gx * gx).sum(1), (gx * gy).sum(1), (gy * gy).sum(1)), dim=1)
+
+
+def _normalise(tensor: Tensor, weight: Tensor) -> Tensor:
+    """Structure tensor / (its trace + half the mean trace over ``weight``)."""
+    count = weight.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    trace = tensor[:, 0:1] + tensor[:, 2:3]
+    eps2 = 0.5 * (trace * weight).sum(dim=(2, 3), keepdim=True) / count
+    return tensor / (trace + eps2.clamp_min(1e-12))
+
+
+class _Frames:
+    """Coordinate frames: 8 centred parameters ↔ pixel matrices at any pyramid level.
+
+    Parameters ``(tx, ty, a11, a12, a21, a22, p1, p2)`` give the centred transform
+    ``I + [[a11, a12, tx], [a21, a22, ty], [p1, p2, 0]]``; centred coordinates put the image
+    centre at 0 and half the longer side at 1, in both images.
+    """
+
+    def __init__(self, rgb_size: torch.Size, aux_size: torch.Size) -> None:
+        self.rgb_size = (int(rgb_size[0]), int(rgb_size[1]))
+        self.aux_size = (int(aux_size[0]), int(aux_size[1]))
+        self.half = max(self.rgb_size) / 2.0
+        self._ends: dict[tuple[float, float, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._order = [2, 3, 0, 4, 5, 1, 6, 7, 8]  # (tx, ty, a11, a12, a21, a22, p1, p2, 0)
+
+    @staticmethod
+    def _centred_from_level(size: tuple[int, int], scale: float, like: Tensor) -> Tensor:
+        h, w = size
+        half = max(h, w) / 2.0
+        t = torch.eye(3, dtype=like.dtype, device=like.device)
+        # level pixel q = scale * (p + 0.5) - 0.5 for native pixel p
+        t[0, 0] = t[1, 1] = 1.0 / (scale * half)
+        t[0, 2] = ((0.5 / scale - 0.5) - (w - 1) / 2.0) / half
+        t[1, 2] = ((0.5 / scale - 0.5) - (h - 1) / 2.0) / half
+        return t
+
+    def level_matrix(self, full: Tensor, rgb_scale: float, aux_scale: float) -> Tensor:
+        """(B, 8) parameters → aux_from_rgb between the pixel grids of one level."""
+        key = (rgb_scale, aux_scale, full.dtype, full.device)
+        if key not in self._ends:
+            to_c = self._centred_from_level(self.rgb_size, rgb_scale, full)
+            from_c = torch.linalg.inv(self._centred_from_level(self.aux_size, aux_scale, full))
+            self._ends[key] = (to_c, from_c)
+        to_c, from_c = self._ends[key]
+        b = full.shape[0]
+        delta = torch.cat((full, torch.zeros_like(full[:, :1])), dim=1)[:, self._order]
+        centred = delta.view(b, 3, 3) + torch.eye(3, dtype=full.dtype, device=full.device)
+        return from_c @ centred @ to_c
+
+    def pixel_matrix(self, full: Tensor) -> Tensor:
+        m = self.level_matrix(full, 1.0, 1.0)
+        return m / m[:, 2:3, 2:3]
+
+
+def _to_full(free: Tensor, model: str) -> Tensor:
+    """A model's free parameters → all 8 (see :class:`_Frames`)."""
+    zero = torch.zeros_like(free[:, :1])
+    if model == "similarity":  # tx, ty, s, r: linear part [[s, -r], [r, s]]
+        tx, ty, s, r = free.split(1, dim=1)
+        return torch.cat((tx, ty, s, -r, r, s, zero, zero), dim=1)
+    return torch.cat((free, zero.expand(-1, 8 - free.shape[1])), dim=1)
+
+
+def _from_full(full: Tensor, model: str) -> Tensor:
+    """The nearest free parameters of ``model``."""
+    if model == "similarity":
+        s = (full[:, 2] + full[:, 5]) / 2.0
+        r = (full[:, 4] - full[:, 3]) / 2.0
+        return torch.stack((full[:, 0], full[:, 1], s, r), dim=1)
+    return full[:, : _NUM_PARAMS[model]].clone()
+
+
+def _pixels(h: int, w: int, like: Tensor) -> Tensor:
+    """Homogeneous pixel coordinates (h·w, 3), row-major."""
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=like.device, dtype=like.dtype),
+        torch.arange(w, device=like.device, dtype=like.dtype),
+        indexing="ij",
+    )
+    return torch.stack((xs, ys, torch.ones_like(xs)), dim=-1).view(-1, 3)
+
+
+def _sample(image: Tensor, points: Tensor, matrix: Tensor) -> Tensor:
+    """Bilinear samples of ``image`` (B, C, h', w') at ``matrix`` · ``points`` (B, N, 3).
+
+    Returns (B, C, N); positions outside the image read 0.
+    """
+    moved = points @ matrix.transpose(1, 2)
+    xy = moved[..., :2] / moved[..., 2:].clamp_min(1e-6)
+    h, w = image.shape[-2:]
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=xy.device)
+    grid = (xy * scale - 1.0)[:, :, None].to(image.dtype)
+    return F.grid_sample(image, grid, mode="bilinear", align_corners=True)[..., 0]
+
+
+@dataclass(frozen=True)
+class _Points:
+    """The RGB pixels a level is scored on: where the colour image has structure."""
+
+    coords: Tensor  # (B, N, 3) homogeneous level pixels
+    tensor: Tensor  # (B, 3, N) normalised RGB structure tensor there
+    weight: Tensor  # (B, N) 1 where the RGB gradient is defined
+
+
+def _select(rgb: _Level, max_points: int) -> _Points:
+    """Each pair's ``max_points`` pixels of strongest normalised RGB structure."""
+    h, w = rgb.tensor.shape[-2:]
+    strength = (rgb.tensor[:, 0] + rgb.tensor[:, 2]).flatten(1) * rgb.defined.flatten(1)
+    n = min(max_points, h * w)
+    index = strength.topk(n, dim=1).indices  # (B, N)
+    coords = _pixels(h, w, rgb.tensor)[index]
+    tensor = rgb.tensor.flatten(2).gather(2, index[:, None].expand(-1, 3, -1))
+    weight = rgb.defined.flatten(1).gather(1, index)
+    return _Points(coords, tensor, weight)
+
+
+def _score(
+    points: _Points,
+    aux: _Level,
+    frames: _Frames,
+    full: Tensor,
+    rgb_scale: float,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Mean NGF score per pair over the selected points under 8 ``full`` parameters.
+
+    The aux structure tensor is sampled at the mapped points and turned into the RGB frame
+    with the transform's linear part ``J`` (``Jᵀ S J``, ``J`` scaled to unit determinant
+    so that scale does not change the score). ``weight`` (see :func:`_weight`) may be
+    reused across small parameter changes.
+    """
+    matrix = frames.level_matrix(full, rgb_scale, aux.scale)
+    if weight is None:
+        weight = _weight(points, aux, matrix)
+    s = _sample(aux.tensor, points.coords, matrix)
+    jac = matrix[:, :2, :2] / matrix[:, :2, :2].det().abs().sqrt().clamp_min(1e-6)[:, None, None]
+    a, b, c, d = (v[:, None] for v in jac.flatten(1).unbind(1))
+    sxx, sxy, syy = s.unbind(1)
+    # Jᵀ S J for J = [[a, b], [c, d]] and S = [[sxx, sxy], [sxy, syy]]
+    txx = a * a * sxx + 2 * a * c * sxy + c * c * syy
+    txy = a * b * sxx + (a * d + b * c) * sxy + c * d * syy
+    tyy = b * b * sxx + 2 * b * d * sxy + d * d * syy
+    r = points.tensor
+    inner = r[:, 0] * txx + 2.0 * r[:, 1] * txy + r[:, 2] * tyy
+    return (inner * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+
+
+def _weight(points: _Points, aux: _Level, matrix: Tensor) -> Tensor:
+    """(B, N) 1 where both gradients are defined at a point under ``matrix``."""
+    with torch.no_grad():
+        defined = _sample(aux.defined, points.coords, matrix)[:, 0]
+        return points.weight * (defined > 0.999).float()
+
+
+def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: str) -> Tensor:
+    """Each pair's best start: every shift (FFT correlation) × a few rotations and scales.
+
+    For each candidate linear part (rotation and scale; identity only for ``translation``)
+    the aux structure tensor is resampled once; the NGF score of every shift up to
+    ``max_shift`` then comes from one cross-correlation, computed with FFTs.
+    """
+    b, _, h, w = rgb.tensor.shape
+    device = rgb.tensor.device
+    reach = max(1, math.ceil(max_shift * 2.0 * frames.half * rgb.scale))
+    if model == "translation":
+        linear = [(0.0, 1.0)]
+    else:
+        linear = [(a, s) for a in (-3.0, 0.0, 3.0) for s in (0.96, 1.0, 1.04)]
+    ph, pw = h + reach, w + reach
+    weights = torch.tensor([1.0, 2.0, 1.0], device=device).view(1, 3, 1, 1)
+    spec_rgb = torch.fft.rfft2(rgb.tensor * rgb.defined * weights, s=(ph, pw)).conj()
+    spec_count = torch.fft.rfft2(rgb.defined, s=(ph, pw)).conj()
+    shifts = torch.arange(-reach, reach + 1, device=device)
+    rows, cols = shifts % ph, shifts % pw
+    points = _pixels(h, w, rgb.tensor)[None].expand(b, -1, -1)
+    best_score = torch.full((b,), -1.0, device=device)
+    best = torch.zeros(b, 8, device=device)
+    for angle, scale in linear:
+        rad = math.radians(angle)
+        full = torch.zeros(b, 8, device=device)
+        full[:, 2:6] = torch.tensor(
+            [
+                scale * math.cos(rad) - 1.0,
+                -scale * math.sin(rad),
+                scale * math.sin(rad),
+                scale * math.cos(rad) - 1.0,
+            ],
+            device=device,
+        )
+        matrix = frames.level_matrix(full, rgb.scale, aux.scale)
+        sampled = _sample(torch.cat((aux.tensor, aux.defined), dim=1), points, matrix)
+        tensor = sampled[:, :3].view(b, 3, h, w)
+        defined = (sampled[:, 3:] > 0.999).float().view(b, 1, h, w)
+        # corr[t] = sum_p A(p) B(p + t), from conj(FFT(A)) · FFT(B)
+        spec_aux = torch.fft.rfft2(tensor * defined, s=(ph, pw))
+        corr = torch.fft.irfft2(spec_rgb * spec_aux, s=(ph, pw)).sum(1)[:, rows][:, :, cols]
+        count = torch.fft.irfft2(spec_count * torch.fft.rfft2(defined, s=(ph, pw)), s=(ph, pw))
+        count = count[:, 0][:, rows][:, :, cols]
+        score = torch.where(count > 0.3 * h * w, corr / count.clamp_min(1.0), -1.0)
+        top, where = score.flatten(1).max(dim=1)
+        shift = torch.stack((shifts[where % len(shifts)], shifts[where // len(shifts)]), dim=1)
+        # p -> C (p + t): the translation becomes the linear part times t (centred units)
+        linear_part = full[:, 2:6].view(b, 2, 2) + torch.eye(2, device=device)
+        t = shift.to(full.dtype) / (rgb.scale * frames.half)
+        full[:, :2] = (linear_part @ t[..., None])[..., 0]
+        better = top > best_score
+        best_score = torch.where(better, top, best_score)
+        best = torch.where(better[:, None], full, best)
+    return best
+
+
+def _refine(
+    points: _Points,
+    aux: _Level,
+    frames: _Frames,
+    full: Tensor,
+    model: str,
+    steps: int,
+    rgb_scale: float,
+) -> Tensor:
+    """Adam on each pair's free parameters; the step shrinks from 1 to 0.05 level pixels.
+
+    Small steps keep each pair in the basin the coarser level found; the score has many
+    weak local maxima that a line search would jump into. The pairs' scores are
+    independent, and Adam scales every parameter on its own, so a batch behaves like its
+    pairs registered one by one.
+    """
+    pixel = 1.0 / (rgb_scale * frames.half)  # one level pixel in centred units
+    free = (_from_full(full.detach(), model) / pixel).requires_grad_(True)
+    optimiser = torch.optim.Adam([free], lr=1.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=0.05)
+    weight = None
+    for step in range(steps):
+        optimiser.zero_grad(set_to_none=True)
+        current = _to_full(free * pixel, model)
+        if step % 5 == 0:  # the overlap changes slowly; refresh it every few steps
+            weight = _weight(points, aux, frames.level_matrix(current, rgb_scale, aux.scale))
+        score = _score(points, aux, frames, current, rgb_scale, weight)
+        (-score.sum()).backward()
+        optimiser.step()
+        schedule.step()
+    return _to_full(free.detach() * pixel, model)
+
+
+def _confidence(
+    points: _Points, aux: _Level, frames: _Frames, full: Tensor, score: Tensor, rgb_scale: float
+) -> Tensor:
+    """Relative drop of the score when the solution moves 2 level pixels in 8 directions."""
+    distance = 2.0 / (rgb_scale * frames.half)
+    drops = []
+    for k in range(8):
+        angle = k * math.pi / 4.0
+        moved = full.clone()
+        moved[:, 0] += distance * math.cos(angle)
+        moved[:, 1] += distance * math.sin(angle)
+        drops.append(score - _score(points, aux, frames, moved, rgb_scale))
+    drop = torch.stack(drops, dim=1).min(dim=1).values
+    return (drop / score.clamp_min(1e-6) / _SHARP_PEAK).clamp(0.0, 1.0)
+
+
+def _overlap(rgb: _Level, aux: _Level, frames: _Frames, full: Tensor) -> Tensor:
+    """Fraction of RGB pixels of a level that land on measured aux pixels."""
+    b, _, h, w = rgb.tensor.shape
+    matrix = frames.level_matrix(full, rgb.scale, aux.scale)
+    points = _pixels(h, w, full)[None].expand(b, -1, -1)
+    measured = _sample(aux.valid, points, matrix)[:, 0]
+    return (measured > 0.5).float().mean(dim=1)
+
+
+_SHARP_PEAK = 0.1  # relative drop that counts as full confidence
