@@ -183,7 +183,7 @@ def summarise(trials: Sequence[Trial]) -> list[dict[str, float | str | int]]:
                 "epe_median": float(np.median(after)),
                 "epe_p95": float(np.percentile(after, 95)),
                 "epe_max": float(after.max()),
-                "low_confidence": int(sum(t.confidence < 0.3 for t in sel)),
+                "low_confidence": int(sum(t.confidence < 0.45 for t in sel)),
                 "seconds_per_pair": float(np.mean([t.seconds for t in sel])),
             }
         )

@@ -23,9 +23,12 @@ How:
       levels unchanged. kornia's ``ImageRegistrator`` optimises one transform for one pair
       with a per-pixel intensity loss; this needs a batch, a validity mask and a
       cross-modal score, so its pyramid and filters are used, not its loop.
-    - **Confidence.** At the solution the score is compared with the score of the same
-      transform moved by a few pixels in eight directions. A correct registration sits on a
-      sharp peak; a failed one (flat aux, another scene, no overlap) does not.
+    - **Confidence** combines two checks. *Sharpness*: the score at the solution against
+      the same transform moved by 2 px in eight directions; a correct registration sits on
+      a sharp peak. *Margin*: in the coarse search, the winning shift against the best
+      rival local maximum; unrelated content often has rivals nearly as good. Real scenes
+      with repeated structure have small margins too, so the margin can halve the
+      confidence but not more. A flat aux image, all-missing depth or no overlap give 0.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ class Registration:
     Attributes:
         aux_from_rgb: (B, 3, 3) float64, RGB pixel → aux pixel (last row ends in 1).
         residual: (B,) float64 in [0, 1], ``1 − score`` at the solution (lower is better).
-        confidence: (B,) float64 in [0, 1], how sharply the score peaks at the solution.
-            A registration below about 0.3 should not be trusted.
+        confidence: (B,) float64 in [0, 1], how sharp and how unrivalled the solution is.
+            Registered pairs score about 0.5–1, pairs of different scenes mostly below
+            0.3 (rarely up to 0.5 between look-alike synthetic rooms).
         overlap: (B,) float64, the fraction of RGB pixels mapped onto measured aux pixels.
     """
 
@@ -62,7 +66,7 @@ class Registration:
     confidence: Tensor
     overlap: Tensor
 
-    def reliable(self, min_confidence: float = 0.3, min_overlap: float = 0.3) -> Tensor:
+    def reliable(self, min_confidence: float = 0.45, min_overlap: float = 0.3) -> Tensor:
         """(B,) bool: pairs whose transform can be used."""
         return (self.confidence >= min_confidence) & (self.overlap >= min_overlap)
 
@@ -122,14 +126,15 @@ def register(
     frames = _Frames(rgb.shape[-2:], aux.shape[-2:])
 
     with torch.no_grad():
-        full = _start(rgb_levels[0], aux_levels[0], frames, max_shift, model)
+        full, margin = _start(rgb_levels[0], aux_levels[0], frames, max_shift, model)
     for steps, lr, la in zip(iterations, rgb_levels, aux_levels, strict=True):
         points = _select(lr, max_points)
         full = _refine(points, la, frames, full, model, steps, lr.scale)
 
     with torch.no_grad():
         score = _score(points, aux_levels[-1], frames, full, rgb_levels[-1].scale)
-        confidence = _confidence(points, aux_levels[-1], frames, full, score, rgb_levels[-1].scale)
+        sharpness = _sharpness(points, aux_levels[-1], frames, full, score, rgb_levels[-1].scale)
+        confidence = sharpness * (0.5 + 0.5 * (margin / _CLEAR_MARGIN).clamp(max=1.0))
         overlap = _overlap(rgb_levels[-1], aux_levels[-1], frames, full)
     return Registration(
         aux_from_rgb=frames.pixel_matrix(full.double()),
@@ -386,6 +391,7 @@ def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: s
     points = _pixels(h, w, rgb.tensor)[None].expand(b, -1, -1)
     best_score = torch.full((b,), -1.0, device=device)
     best = torch.zeros(b, 8, device=device)
+    best_margin = torch.zeros(b, device=device)
     for angle, scale in linear:
         rad = math.radians(angle)
         full = torch.zeros(b, 8, device=device)
@@ -409,6 +415,7 @@ def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: s
         count = count[:, 0][:, rows][:, :, cols]
         score = torch.where(count > 0.3 * h * w, corr / count.clamp_min(1.0), -1.0)
         top, where = score.flatten(1).max(dim=1)
+        margin = _margin(score, where, top)
         shift = torch.stack((shifts[where % len(shifts)], shifts[where // len(shifts)]), dim=1)
         # p -> C (p + t): the translation becomes the linear part times t (centred units)
         linear_part = full[:, 2:6].view(b, 2, 2) + torch.eye(2, device=device)
@@ -417,7 +424,25 @@ def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: s
         better = top > best_score
         best_score = torch.where(better, top, best_score)
         best = torch.where(better[:, None], full, best)
-    return best
+        best_margin = torch.where(better, margin, best_margin)
+    return best, best_margin
+
+
+def _margin(score: Tensor, where: Tensor, top: Tensor) -> Tensor:
+    """How far the best shift's score stands above the best other local maximum, relative.
+
+    1 when no other local maximum exists; near 0 when another shift aligns about as much
+    structure (repetitive or unrelated content).
+    """
+    n = score.shape[-1]
+    iy, ix = where // n, where % n
+    yy = torch.arange(n, device=score.device).view(1, -1, 1)
+    xx = torch.arange(n, device=score.device).view(1, 1, -1)
+    far = ((yy - iy[:, None, None]).abs() > 2) | ((xx - ix[:, None, None]).abs() > 2)
+    local = score >= F.max_pool2d(score[:, None], 3, stride=1, padding=1)[:, 0]
+    rivals = torch.where(far & local & (score > 0), score, torch.zeros_like(score))
+    second = rivals.flatten(1).max(dim=1).values
+    return ((top - second) / top.clamp_min(1e-9)).clamp(0.0, 1.0)
 
 
 def _refine(
@@ -453,7 +478,7 @@ def _refine(
     return _to_full(free.detach() * pixel, model)
 
 
-def _confidence(
+def _sharpness(
     points: _Points, aux: _Level, frames: _Frames, full: Tensor, score: Tensor, rgb_scale: float
 ) -> Tensor:
     """Relative drop of the score when the solution moves 2 level pixels in 8 directions."""
@@ -478,4 +503,5 @@ def _overlap(rgb: _Level, aux: _Level, frames: _Frames, full: Tensor) -> Tensor:
     return (measured > 0.5).float().mean(dim=1)
 
 
-_SHARP_PEAK = 0.1  # relative drop that counts as full confidence
+_SHARP_PEAK = 0.1  # relative drop of the score 2 px off the solution that counts as sharp
+_CLEAR_MARGIN = 0.75  # relative margin over the best rival shift that counts as clear
