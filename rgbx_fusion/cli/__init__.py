@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "train variants × seeds of a recipe; table, plots, robustness"),
     "prepare": ("prepare", "write a dataset in the toolkit's layout (synthetic, nyudv2)"),
     "hha": ("hha", "precompute HHA images for the depth files of a folder dataset"),
+    "calibrate": ("calibrate", "estimate a rig's aux_from_rgb from unlabelled pairs"),
     "list": ("catalogue", "show the fusions, aligners, decoders and datasets"),
     "benchmark": ("benchmark", "parameters, FLOPs, latency, memory, scaling, loader rate"),
     "export": ("export", "export a checkpoint to ONNX / torch.export, parity checked"),
@@ -42,7 +43,7 @@ GROUPS = {
         "fit-test",
     ),
     "experiments": ("quickstart", "compare", "benchmark"),
-    "data": ("prepare", "hha", "list"),
+    "data": ("prepare", "hha", "calibrate", "list"),
     "deployment and weights": ("export", "import"),
 }
 

@@ -78,9 +78,12 @@ def register(
     *,
     aux_valid: Tensor | None = None,
     max_shift: float = 0.04,
+    max_rotation: float = 3.0,
+    max_scale: float = 0.04,
     iterations: tuple[int, ...] = (40, 20, 15),
     min_coarse: int = 100,
     max_points: int = 20000,
+    shared: bool = False,
 ) -> Registration:
     """Register ``aux`` to ``rgb``: one ``aux_from_rgb`` transform per pair.
 
@@ -92,13 +95,20 @@ def register(
         aux_valid: (B, 1, H', W') bool, the aux pixels that hold a measurement. Default:
             every pixel where not all channels are 0 (missing depth is stored as 0).
         max_shift: the largest shift the coarse search tries, as a fraction of the RGB
-            image's longer side (0.04 = 26 px at 640×480). Rotation and scale are left to
-            the refinement.
+            image's longer side (0.04 = 26 px at 640×480).
+        max_rotation: the coarse search also tries rotations up to this many degrees (in
+            steps of at most 3°) and ...
+        max_scale: ... scales up to 1 ± this (in steps of at most 0.04); the refinement
+            goes on from the best of them, so smaller offsets are found without trying them.
         iterations: Adam steps per pyramid level, coarse to fine, ending at full resolution.
             Images too small for that many levels use the last counts.
         min_coarse: no level's shorter side is below this (the images' own size aside).
         max_points: each level is scored on at most this many RGB pixels per pair, those
             with the strongest colour structure (the others add almost nothing).
+        shared: find one transform for the whole batch (a camera rig): the score summed
+            over all pairs is maximised, so edges too weak to register one pair still
+            add up. Every row of ``aux_from_rgb`` is then the same; ``residual``,
+            ``confidence`` and ``overlap`` stay per pair, measured at that transform.
 
     Returns:
         :class:`Registration`, float64 on ``rgb``'s device.
@@ -126,10 +136,11 @@ def register(
     frames = _Frames(rgb.shape[-2:], aux.shape[-2:])
 
     with torch.no_grad():
-        full, margin = _start(rgb_levels[0], aux_levels[0], frames, max_shift, model)
+        linear = _candidates(model, max_rotation, max_scale)
+        full, margin = _start(rgb_levels[0], aux_levels[0], frames, max_shift, linear, shared)
     for steps, lr, la in zip(iterations, rgb_levels, aux_levels, strict=True):
         points = _select(lr, max_points)
-        full = _refine(points, la, frames, full, model, steps, lr.scale)
+        full = _refine(points, la, frames, full, model, steps, lr.scale, shared)
 
     with torch.no_grad():
         score = _score(points, aux_levels[-1], frames, full, rgb_levels[-1].scale)
@@ -141,6 +152,59 @@ def register(
         residual=(1.0 - score).double().clamp(0.0, 1.0),
         confidence=confidence.double(),
         overlap=overlap.double(),
+    )
+
+
+def support(
+    rgb: Tensor,
+    aux: Tensor,
+    aux_from_rgb: Tensor,
+    *,
+    aux_valid: Tensor | None = None,
+    distance: float = 6.0,
+    max_points: int = 20000,
+) -> Tensor:
+    """How much each pair prefers a given transform to the same transform moved aside.
+
+    The score at ``aux_from_rgb`` against the mean score with the transform shifted by
+    ``distance`` RGB pixels in eight directions, relative: about 0 for a pair whose images
+    show unrelated content (or nothing), clearly positive for a pair that agrees with the
+    transform, even when its edges are too weak to register it alone.
+
+    Shape:
+        rgb: (B, 3, H, W), aux: (B, C, H', W'), aux_from_rgb: (B, 3, 3) or (3, 3) -> (B,)
+    """
+    _check_inputs(rgb, aux, aux_valid, (1,))
+    rgb_level, aux_level = _native_levels(rgb, aux, aux_valid)
+    frames = _Frames(rgb.shape[-2:], aux.shape[-2:])
+    matrix = torch.as_tensor(aux_from_rgb, dtype=torch.float64, device=rgb.device)
+    matrix = matrix.reshape(-1, 3, 3).expand(rgb.shape[0], 3, 3)
+    full = frames.params(matrix).float()
+    points = _select(rgb_level, max_points)
+    with torch.no_grad():
+        score = _score(points, aux_level, frames, full, 1.0)
+        step = distance / frames.half
+        others = []
+        for k in range(8):
+            moved = full.clone()
+            moved[:, 0] += step * math.cos(k * math.pi / 4.0)
+            moved[:, 1] += step * math.sin(k * math.pi / 4.0)
+            others.append(_score(points, aux_level, frames, moved, 1.0))
+    mean_other = torch.stack(others, dim=1).mean(dim=1)
+    return ((score - mean_other) / score.clamp_min(1e-6)).double()
+
+
+def _native_levels(rgb: Tensor, aux: Tensor, aux_valid: Tensor | None) -> tuple[_Level, _Level]:
+    """The full-resolution levels of both images (aux validity as in :func:`register`)."""
+    if aux_valid is None:
+        aux_valid = (aux != 0).any(dim=1, keepdim=True)
+    aux_valid = aux_valid & torch.isfinite(aux).all(dim=1, keepdim=True)
+    aux_valid = -F.max_pool2d(-aux_valid.float(), 3, stride=1, padding=1) > 0.5
+    aux = torch.where(aux_valid, aux, torch.zeros_like(aux)).float()
+    rgb = rgb.float()
+    return (
+        _pyramid(rgb, torch.ones_like(rgb[:, :1]), 0, 1)[0],
+        _pyramid(aux, aux_valid.float(), 0, 1)[0],
     )
 
 
@@ -263,6 +327,15 @@ class _Frames:
         centred = delta.view(b, 3, 3) + torch.eye(3, dtype=full.dtype, device=full.device)
         return from_c @ centred @ to_c
 
+    def params(self, matrix: Tensor) -> Tensor:
+        """The inverse of :meth:`pixel_matrix`: (B, 3, 3) native pixel matrix → (B, 8)."""
+        to_c = self._centred_from_level(self.rgb_size, 1.0, matrix)
+        from_c = torch.linalg.inv(self._centred_from_level(self.aux_size, 1.0, matrix))
+        centred = torch.linalg.inv(from_c) @ matrix @ torch.linalg.inv(to_c)
+        centred = centred / centred[:, 2:3, 2:3]
+        delta = (centred - torch.eye(3, dtype=matrix.dtype, device=matrix.device)).flatten(1)
+        return delta[:, [2, 5, 0, 1, 3, 4, 6, 7]]
+
     def pixel_matrix(self, full: Tensor) -> Tensor:
         m = self.level_matrix(full, 1.0, 1.0)
         return m / m[:, 2:3, 2:3]
@@ -368,8 +441,29 @@ def _weight(points: _Points, aux: _Level, matrix: Tensor) -> Tensor:
         return points.weight * (defined > 0.999).float()
 
 
-def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: str) -> Tensor:
+def _candidates(model: str, max_rotation: float, max_scale: float) -> list[tuple[float, float]]:
+    """(degrees, scale) pairs the coarse search tries: a grid with steps ≤ 3° and ≤ 0.04."""
+    if model == "translation":
+        return [(0.0, 1.0)]
+    n_rot = math.ceil(max_rotation / 3.0 - 1e-9)
+    n_scale = math.ceil(max_scale / 0.04 - 1e-9)
+    angles = [max_rotation * k / max(n_rot, 1) for k in range(-n_rot, n_rot + 1)]
+    scales = [1.0 + max_scale * k / max(n_scale, 1) for k in range(-n_scale, n_scale + 1)]
+    return [(a, s) for a in angles for s in scales]
+
+
+def _start(
+    rgb: _Level,
+    aux: _Level,
+    frames: _Frames,
+    max_shift: float,
+    linear: list[tuple[float, float]],
+    shared: bool = False,
+) -> tuple[Tensor, Tensor]:
     """Each pair's best start: every shift (FFT correlation) × a few rotations and scales.
+
+    Also returns, per pair, the margin of the winning shift over the best rival shift
+    (see :func:`_margin`).
 
     For each candidate linear part (rotation and scale; identity only for ``translation``)
     the aux structure tensor is resampled once; the NGF score of every shift up to
@@ -378,10 +472,6 @@ def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: s
     b, _, h, w = rgb.tensor.shape
     device = rgb.tensor.device
     reach = max(1, math.ceil(max_shift * 2.0 * frames.half * rgb.scale))
-    if model == "translation":
-        linear = [(0.0, 1.0)]
-    else:
-        linear = [(a, s) for a in (-3.0, 0.0, 3.0) for s in (0.96, 1.0, 1.04)]
     ph, pw = h + reach, w + reach
     weights = torch.tensor([1.0, 2.0, 1.0], device=device).view(1, 3, 1, 1)
     spec_rgb = torch.fft.rfft2(rgb.tensor * rgb.defined * weights, s=(ph, pw)).conj()
@@ -414,6 +504,8 @@ def _start(rgb: _Level, aux: _Level, frames: _Frames, max_shift: float, model: s
         count = torch.fft.irfft2(spec_count * torch.fft.rfft2(defined, s=(ph, pw)), s=(ph, pw))
         count = count[:, 0][:, rows][:, :, cols]
         score = torch.where(count > 0.3 * h * w, corr / count.clamp_min(1.0), -1.0)
+        if shared:  # one shift for the whole batch: the mean score over its pairs
+            score = score.mean(dim=0, keepdim=True).expand(b, -1, -1)
         top, where = score.flatten(1).max(dim=1)
         margin = _margin(score, where, top)
         shift = torch.stack((shifts[where % len(shifts)], shifts[where // len(shifts)]), dim=1)
@@ -453,6 +545,7 @@ def _refine(
     model: str,
     steps: int,
     rgb_scale: float,
+    shared: bool = False,
 ) -> Tensor:
     """Adam on each pair's free parameters; the step shrinks from 1 to 0.05 level pixels.
 
@@ -462,20 +555,22 @@ def _refine(
     pairs registered one by one.
     """
     pixel = 1.0 / (rgb_scale * frames.half)  # one level pixel in centred units
-    free = (_from_full(full.detach(), model) / pixel).requires_grad_(True)
+    rows = full.shape[0]
+    start = full[:1] if shared else full  # shared: one row of parameters for every pair
+    free = (_from_full(start.detach(), model) / pixel).requires_grad_(True)
     optimiser = torch.optim.Adam([free], lr=1.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=0.05)
     weight = None
     for step in range(steps):
         optimiser.zero_grad(set_to_none=True)
-        current = _to_full(free * pixel, model)
+        current = _to_full(free * pixel, model).expand(rows, -1)
         if step % 5 == 0:  # the overlap changes slowly; refresh it every few steps
             weight = _weight(points, aux, frames.level_matrix(current, rgb_scale, aux.scale))
         score = _score(points, aux, frames, current, rgb_scale, weight)
         (-score.sum()).backward()
         optimiser.step()
         schedule.step()
-    return _to_full(free.detach() * pixel, model)
+    return _to_full(free.detach() * pixel, model).expand(rows, -1).contiguous()
 
 
 def _sharpness(
