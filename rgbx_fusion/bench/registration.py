@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +30,6 @@ from rgbx_fusion.errors import DatasetError
 from rgbx_fusion.geometry.registration import MODELS, register
 
 F32 = npt.NDArray[np.float32]
-OPTIONS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,16 @@ class Trial:
 
 
 def run_trials(
-    pairs: Sequence[Pair], models: Sequence[str] = MODELS, warps: int = 8, seed: int = 0
+    pairs: Sequence[Pair],
+    models: Sequence[str] = MODELS,
+    warps: int = 8,
+    seed: int = 0,
+    **options: Any,
 ) -> list[Trial]:
-    """Warp every pair ``warps`` times and register each warp back with every model."""
+    """Warp every pair ``warps`` times and register each warp back with every model.
+
+    ``options`` go to :func:`~rgbx_fusion.geometry.registration.register`.
+    """
     trials = []
     rng = np.random.default_rng(seed)
     if pairs:  # the first call pays for allocator and kernel warm-up; keep it out of the timing
@@ -138,7 +145,7 @@ def run_trials(
         register(
             torch.from_numpy(first.rgb).permute(2, 0, 1)[None],
             torch.from_numpy(first.aux).permute(2, 0, 1)[None],
-            **OPTIONS,
+            **options,
         )
     for pair in pairs:
         h, w = pair.rgb.shape[:2]
@@ -151,7 +158,7 @@ def run_trials(
             before = endpoint_error(np.eye(3), truth, h, w)
             for model in models:
                 start = time.perf_counter()
-                result = register(rgb_t, aux_t, model, **OPTIONS)
+                result = register(rgb_t, aux_t, model, **options)
                 seconds = time.perf_counter() - start
                 estimate = result.aux_from_rgb[0].cpu().numpy()
                 trials.append(

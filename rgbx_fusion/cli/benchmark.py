@@ -1,6 +1,6 @@
-"""``rgbx-fusion benchmark``: network costs, operator scaling, data loading and HHA speed.
+"""``rgbx-fusion benchmark``: network costs, operator scaling, data loading, HHA, registration.
 
-Four modes, each printed as a table and saved as JSON/CSV with ``--out``:
+Five modes, each printed as a table and saved as JSON/CSV with ``--out``:
 
 * default (``--config``): the configured network vs plain add fusion vs the bare
   backbones (:mod:`rgbx_fusion.bench.benchmark`), with the fusion + alignment
@@ -11,7 +11,10 @@ Four modes, each printed as a table and saved as JSON/CSV with ``--out``:
 * ``--data`` (with ``--config``): the config's loader throughput against its
   training throughput (:mod:`rgbx_fusion.bench.data_rate`);
 * ``--hha``: milliseconds per image of the HHA encoding
-  (:func:`rgbx_fusion.geometry.hha.bench_hha`, one thread by default).
+  (:func:`rgbx_fusion.geometry.hha.bench_hha`, one thread by default);
+* ``--registration``: end-point error and seconds per pair of
+  :func:`rgbx_fusion.geometry.registration.register` on random known warps of registered
+  pairs (:mod:`rgbx_fusion.bench.registration`).
 """
 
 from __future__ import annotations
@@ -277,11 +280,68 @@ def run_hha(args: argparse.Namespace) -> None:
     _save(args.out, "hha", {"device": args.device, "load": _load_text(), "rows": rows}, rows)
 
 
+def run_registration(args: argparse.Namespace) -> None:
+    """``--registration``: EPE and time of ``geometry.register`` on known random warps."""
+    from pathlib import Path
+
+    from rgbx_fusion.bench.registration import read_pair, run_trials, summarise, synthetic_pairs
+    from rgbx_fusion.geometry.registration import MODELS
+
+    models = tuple(args.reg_models.split(","))
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"--reg-models: unknown {unknown}; choose from {MODELS}")
+    pairs = []
+    for spec in args.reg_pair or []:
+        rgb_path, _, aux_path = spec.partition(",")
+        if not aux_path:
+            raise ConfigError(f"--reg-pair expects RGB,AUX (two paths), got {spec!r}")
+        pairs.append(read_pair(Path(rgb_path), Path(aux_path)))
+    pairs += list(synthetic_pairs(args.reg_synthetic))
+    console.print(
+        f"[dim]registering {len(pairs)} pairs × {args.reg_warps} random warps × "
+        f"{len(models)} models at their native size[/dim]"
+    )
+    rows = summarise(run_trials(pairs, models, warps=args.reg_warps))
+    table = Table(title="register: end-point error on known warps (px, over the RGB image)")
+    for col in (
+        "pairs",
+        "model",
+        "warps",
+        "EPE before",
+        "median",
+        "p95",
+        "max",
+        "low conf.",
+        "s/pair",
+    ):
+        table.add_column(col, justify="left" if col in ("pairs", "model") else "right")
+    for r in rows:
+        table.add_row(
+            str(r["pairs"]),
+            str(r["model"]),
+            str(r["warps"]),
+            f"{r['epe_before_median']:.2f}",
+            f"{r['epe_median']:.2f}",
+            f"{r['epe_p95']:.2f}",
+            f"{r['epe_max']:.2f}",
+            str(r["low_confidence"]),
+            f"{r['seconds_per_pair']:.2f}",
+        )
+    console.print(table)
+    console.print(_load_text())
+    _save(args.out, "registration", {"load": _load_text(), "rows": rows}, rows)
+
+
 def run_benchmark(args: argparse.Namespace) -> int:
     """Run the modes the arguments ask for (see the module docstring)."""
-    alone = args.scaling or args.hha
+    alone = args.scaling or args.hha or args.registration
     if (args.data or not alone) and not args.config:
-        raise ConfigError("benchmark: --config is required (except with --scaling or --hha alone)")
+        raise ConfigError(
+            "benchmark: --config is required (except with --scaling, --hha or --registration)"
+        )
+    if args.registration:
+        run_registration(args)
     if args.scaling:
         run_scaling(args)
     if args.hha:
@@ -367,6 +427,27 @@ def parser() -> argparse.ArgumentParser:
         "--hha-missing",
         default="0,0.1",
         help="fractions of pixels marked missing (0: hole-filled depth; default 0,0.1)",
+    )
+    reg = bench.add_argument_group("registration accuracy (--registration)")
+    reg.add_argument(
+        "--registration",
+        action="store_true",
+        help="EPE and time of geometry.register on random known warps (CPU threads as set)",
+    )
+    reg.add_argument(
+        "--reg-pair",
+        action="append",
+        metavar="RGB,AUX",
+        help="a registered pair of files (8-bit RGB; depth .npy metres / PNG mm); repeatable",
+    )
+    reg.add_argument(
+        "--reg-synthetic", type=int, default=4, help="synthetic RGB-T scenes (day and night)"
+    )
+    reg.add_argument("--reg-warps", type=int, default=8, help="random warps per pair")
+    reg.add_argument(
+        "--reg-models",
+        default="translation,similarity,affine,homography",
+        help="comma-separated registration models",
     )
     return bench
 

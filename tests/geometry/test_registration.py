@@ -181,3 +181,18 @@ def test_bad_input_is_a_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         register(rgb, aux, **kwargs)  # type: ignore[arg-type]
+
+
+def test_support_tells_a_matching_pair_from_another_scene() -> None:
+    """A pair prefers its true transform; an unrelated aux image has no preference."""
+    from rgbx_fusion.geometry.registration import support
+
+    rgb, aux = _day_pair(3)
+    other = _day_pair(5)[1]
+    truth = torch.from_numpy(_similarity(np.random.default_rng(1)))
+    warped = misregister(aux, truth.numpy(), nearest=False)
+    both = torch.cat((_tensor(warped), _tensor(misregister(other, truth.numpy(), nearest=False))))
+    values = support(torch.cat((_tensor(rgb), _tensor(rgb))), both, truth)
+    assert values.shape == (2,)
+    assert float(values[0]) > 0.3
+    assert float(values[1]) < 0.3 * float(values[0])
