@@ -14,7 +14,7 @@ nearly black: the hard case).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,10 @@ def run_trials(
 
     ``options`` go to :func:`~rgbx_fusion.geometry.registration.register`.
     """
+    from rich.progress import Progress
+
+    from rgbx_fusion.console import console
+
     trials = []
     rng = np.random.default_rng(seed)
     if pairs:  # the first call pays for allocator and kernel warm-up; keep it out of the timing
@@ -147,30 +151,39 @@ def run_trials(
             torch.from_numpy(first.aux).permute(2, 0, 1)[None],
             **options,
         )
-    for pair in pairs:
-        h, w = pair.rgb.shape[:2]
-        nearest = bool((pair.aux == 0).any())  # depth with holes: never blend across them
-        for _ in range(warps):
-            truth = random_transform(rng, h, w)
-            aux = misregister(pair.aux, truth, nearest)
-            rgb_t = torch.from_numpy(pair.rgb).permute(2, 0, 1)[None]
-            aux_t = torch.from_numpy(aux).permute(2, 0, 1)[None]
-            before = endpoint_error(np.eye(3), truth, h, w)
-            for model in models:
-                start = time.perf_counter()
-                result = register(rgb_t, aux_t, model, **options)
-                seconds = time.perf_counter() - start
-                estimate = result.aux_from_rgb[0].cpu().numpy()
-                trials.append(
-                    Trial(
-                        pair.group,
-                        model,
-                        before,
-                        endpoint_error(estimate, truth, h, w),
-                        float(result.confidence[0]),
-                        seconds,
-                    )
-                )
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("registering", total=len(pairs) * warps * len(models))
+        for pair in pairs:
+            trials += _pair_trials(pair, models, warps, rng, options, lambda: bar.advance(task))
+    return trials
+
+
+def _pair_trials(
+    pair: Pair,
+    models: Sequence[str],
+    warps: int,
+    rng: np.random.Generator,
+    options: dict[str, Any],
+    advance: Callable[[], object],
+) -> list[Trial]:
+    """``warps`` random warps of one pair, each registered back with every model."""
+    trials = []
+    h, w = pair.rgb.shape[:2]
+    nearest = bool((pair.aux == 0).any())  # depth with holes: never blend across them
+    rgb_t = torch.from_numpy(pair.rgb).permute(2, 0, 1)[None]
+    for _ in range(warps):
+        truth = random_transform(rng, h, w)
+        aux_t = torch.from_numpy(misregister(pair.aux, truth, nearest)).permute(2, 0, 1)[None]
+        before = endpoint_error(np.eye(3), truth, h, w)
+        for model in models:
+            start = time.perf_counter()
+            result = register(rgb_t, aux_t, model, **options)
+            seconds = time.perf_counter() - start
+            after = endpoint_error(result.aux_from_rgb[0].cpu().numpy(), truth, h, w)
+            trials.append(
+                Trial(pair.group, model, before, after, float(result.confidence[0]), seconds)
+            )
+            advance()
     return trials
 
 

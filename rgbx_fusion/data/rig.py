@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rgbx_fusion.data.atomic import write_atomic, write_text_atomic
-from rgbx_fusion.errors import ConfigError, DatasetError
+from rgbx_fusion.errors import ConfigError
 
 KEY = "aux_from_rgb"
 #: How the option is spelled in a config, for error messages.
@@ -311,13 +311,9 @@ class DeclaredTransform:
 
 
 def _read_info(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, "valid JSON (UTF-8)", f"a parse error ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DatasetError(path, "a JSON object", type(data).__name__)
-    return data
+    from rgbx_fusion.data.sets.folder import read_json_object  # folder.py imports this module
+
+    return read_json_object(path)
 
 
 def write_declared_transform(
