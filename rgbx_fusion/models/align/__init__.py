@@ -6,6 +6,7 @@ comparison harness only. Configs name classes by ``class_path``.
 
 from rgbx_fusion.models.align.affine import AffineAlign, HomographyAlign
 from rgbx_fusion.models.align.base import AlignBase, IdentityAlign
+from rgbx_fusion.models.align.correlation import CorrelationAlign
 from rgbx_fusion.models.align.deform import DeformableAlign
 from rgbx_fusion.models.align.flow import FlowAlign
 from rgbx_fusion.models.align.reproject import DepthReprojection
@@ -19,12 +20,14 @@ ALIGNERS: dict[str, type[AlignBase]] = {
     "flow": FlowAlign,
     "reproject": DepthReprojection,
     "deform": DeformableAlign,
+    "correlation": CorrelationAlign,
 }
 
 __all__ = [
     "ALIGNERS",
     "AffineAlign",
     "AlignBase",
+    "CorrelationAlign",
     "DeformableAlign",
     "DepthReprojection",
     "FlowAlign",
