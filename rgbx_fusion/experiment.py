@@ -11,9 +11,14 @@ base.yaml --config variant.yaml --trainer.max_epochs=2`` parses::
     result = fit_and_test(exp)   # fit → the best checkpoint on val → test, once
     print(result.miou)
 
+The task is :class:`SegmentationTask` unless the stack names another LightningModule
+as ``model.class_path`` (e.g. ``rgbx_fusion.tasks.alignment.AlignmentTask`` in
+``configs/align/``); its options then sit under ``model.init_args``.
+
 Convention:
     ``num_classes``, ``aux_channels``, ``ignore_index`` and ``class_names`` flow from
-    the datamodule to the task (never typed twice); checkpoints are written through a
+    the datamodule to the task (never typed twice; a task gets those its constructor
+    takes); checkpoints are written through a
     temporary file and renamed, and read with ``weights_only=True``; every run logs
     to TensorBoard and CSV under ``<default_root_dir>/lightning_logs/version_<n>``
     and writes its resolved ``config.yaml`` there.
@@ -22,6 +27,8 @@ Convention:
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
 import json
 import re
 import warnings
@@ -33,6 +40,7 @@ from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from jsonargparse import ActionYesNo, Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -51,6 +59,7 @@ from rgbx_fusion.tasks.segmentation import SegmentationTask
 
 STAGES = ("fit", "validate", "test", "predict")
 Overrides = Sequence[str] | Mapping[str, Any]
+LINKED = ("num_classes", "aux_channels", "ignore_index", "class_names")
 
 
 class RGBXArgumentParser(LightningArgumentParser):
@@ -80,13 +89,18 @@ class ExperimentCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("num_classes", "aux_channels", "ignore_index", "class_names"):
-            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        task = self._model_class
+        prefix = "model.init_args." if self.subclass_mode_model else "model."
+        accepted = inspect.signature(task).parameters
+        for key in LINKED:
+            if key in accepted:
+                parser.link_arguments(f"data.{key}", prefix + key, apply_on="instantiate")
+        monitor, mode = getattr(task, "checkpoint_monitor", ("val/mIoU", "max"))
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/mIoU",
-                "checkpoint.mode": "max",
+                "checkpoint.monitor": monitor,
+                "checkpoint.mode": mode,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:03d}-{step}",
                 "checkpoint.auto_insert_metric_name": False,
@@ -149,7 +163,12 @@ class ExperimentCLI(LightningCLI):
             return
         hparams = dict(hparams)
         hparams.pop("_instantiator", None)
-        if "_class_path" in hparams:
+        if "_class_path" in hparams and self.subclass_mode_model:
+            class_path = hparams.pop("_class_path")
+            for key in LINKED:  # filled from the data again
+                hparams.pop(key, None)
+            hparams = {"class_path": class_path, "init_args": hparams}
+        elif "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({"model": hparams}, self.config)
 
@@ -175,13 +194,32 @@ def default_loggers(root: str | None) -> list[Any]:
 
 @dataclass
 class Experiment:
-    """The objects of one run and the resolved config they came from."""
+    """The objects of one run and the resolved config they came from.
+
+    ``module`` is the LightningModule of any task; ``task`` is the same object for code that
+    needs a :class:`SegmentationTask` (and says so otherwise).
+    """
 
     trainer: pl.Trainer
-    task: SegmentationTask
+    module: pl.LightningModule
     datamodule: RGBXDataModule
     config: Namespace
     cli: ExperimentCLI
+
+    @property
+    def task(self) -> SegmentationTask:
+        if not isinstance(self.module, SegmentationTask):
+            raise ConfigError(
+                f"this needs a SegmentationTask model; the config builds a "
+                f"{type(self.module).__name__} (its fit, validate and test work)"
+            )
+        return self.module
+
+    @property
+    def model_config(self) -> Namespace:
+        """The task's options (``model``, or ``model.init_args`` for a ``class_path``)."""
+        model = self.config.get("model")
+        return model.get("init_args") if "class_path" in model else model
 
     def dump(self) -> str:
         """The resolved config as YAML (what ``--print_config`` shows)."""
@@ -201,16 +239,54 @@ def config_args(configs: Sequence[str | Path] = (), overrides: Overrides = ()) -
     return layers + override_args(overrides)
 
 
+def model_class_path(argv: Sequence[str]) -> str | None:
+    """The ``model.class_path`` that a command line's config layers or options name (the
+    last one wins), or ``None`` (then the task is :class:`SegmentationTask`)."""
+    found: str | None = None
+    args = list(argv)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        if name == "--config":
+            path = Path(value)
+            if path.is_file():
+                data = yaml.safe_load(path.read_text())
+                model = data.get("model") if isinstance(data, dict) else None
+                if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+                    found = model["class_path"]
+        elif name in ("--model.class_path", "--model"):
+            found = value
+    return found
+
+
+def _model_class(argv: Sequence[str]) -> type[pl.LightningModule] | None:
+    """The task class named by the command line, imported (``None``: SegmentationTask)."""
+    path = model_class_path(argv)
+    if path is None:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"model.class_path: cannot import {path!r} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise ConfigError(f"model.class_path: {path} is not a LightningModule")
+    return cls
+
+
 def _cli(
     argv: Sequence[str], prog: str, description: str | None, parse_only: bool
 ) -> ExperimentCLI:
+    task = _model_class(argv)
     with warnings.catch_warnings():
         # Lightning warns when arguments are passed while sys.argv has some: that is
         # how every entry point here hands over its arguments.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from")
         return ExperimentCLI(
-            SegmentationTask,
+            task or SegmentationTask,
             RGBXDataModule,
+            subclass_mode_model=task is not None,
             trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
             save_config_kwargs={"overwrite": True},
             args=list(argv),
@@ -244,11 +320,16 @@ def build(
     cli = _cli(argv, prog, description, parse_only=False)
     if cli.config.get("weights_only") is False:
         raise ConfigError("weights_only: false is not supported; checkpoints hold plain data")
-    assert isinstance(cli.model, SegmentationTask) and isinstance(cli.datamodule, RGBXDataModule)
+    assert isinstance(cli.model, pl.LightningModule)
+    assert isinstance(cli.datamodule, RGBXDataModule)
     exp = Experiment(cli.trainer, cli.model, cli.datamodule, cli.config, cli)
-    exp.task.run_config = exp.dump()  # kept in every checkpoint
-    # The network as config data, so the checkpoint alone rebuilds it (test --ckpt_path).
-    exp.task.hparams["network"] = exp.config.get("model.network").as_dict()
+    exp.module.run_config = exp.dump()  # type: ignore[assignment]  # kept in every checkpoint
+    # Factories (the network, an aligner) as config data, so the checkpoint alone rebuilds
+    # the task (test --ckpt_path).
+    for key in ("network", "aligner"):
+        factory = exp.model_config.get(key)
+        if isinstance(factory, Namespace):
+            exp.module.hparams[key] = factory.as_dict()
     return exp
 
 
@@ -265,17 +346,22 @@ def run(exp: Experiment, stage: str) -> Any:
         cb = exp.trainer.checkpoint_callback
         if last and isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(last.parent)  # keep tracking the best checkpoint there
-    if stage == "test":
+    if stage == "test" and isinstance(exp.module, SegmentationTask):
         from rgbx_fusion.models.tta import parse_scales
 
         scales = parse_scales(exp.config.get("eval.scales"))
         exp.task.set_test_augmentation(scales, bool(exp.config.get("eval.flip")))
         console.print(f"test mode: {exp.task.test_mode}")
     if stage == "predict":
+        if not isinstance(exp.module, SegmentationTask):
+            raise ConfigError(
+                f"predict writes label maps and needs a SegmentationTask, not a "
+                f"{type(exp.module).__name__}; use validate or test"
+            )
         _add_prediction_writers(exp, ckpt)
     method = getattr(exp.trainer, stage)
     with _running(exp):
-        return method(exp.task, datamodule=exp.datamodule, ckpt_path=ckpt, weights_only=True)
+        return method(exp.module, datamodule=exp.datamodule, ckpt_path=ckpt, weights_only=True)
 
 
 def prediction_dir(exp: Experiment) -> Path:

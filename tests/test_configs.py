@@ -1,9 +1,10 @@
 """Config smoke tests: every recipe in configs/ trains for one step on generated data.
 
-A recipe is a family's ``base.yaml`` alone, or the stack of layers that a variant file's
+A recipe is a family's ``base.yaml`` alone, the stack of layers that a variant file's
 header command names (``--config configs/<family>/base.yaml [--config <data layer>]
---config <the file>``). Every file in configs/ belongs to a recipe or is a compare config,
-whose variants are parsed with the same layers.
+--config <the file>``), or a standalone file of ``STANDALONE`` (its header command names
+it alone). Every file in configs/ belongs to a recipe or is a compare config, whose
+variants are parsed with the same layers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def header_stack(path: Path) -> list[Path]:
     return []
 
 
+#: Recipes that are one file, not a family's base and variants (another task's configs).
+STANDALONE = {
+    "align/synthetic_depth": [CONFIGS / "align" / "synthetic_depth.yaml"],
+    "align/synthetic_thermal": [CONFIGS / "align" / "synthetic_thermal.yaml"],
+}
+
+
 def recipes() -> dict[str, list[Path]]:
     """Recipe name → config layers: each base alone, each variant file's header stack."""
     stacks = {}
@@ -53,7 +61,8 @@ def recipes() -> dict[str, list[Path]]:
     return stacks
 
 
-RECIPES = recipes()
+FAMILY_RECIPES = recipes()
+RECIPES = {**FAMILY_RECIPES, **STANDALONE}
 
 
 def test_every_config_file_is_a_recipe_layer_or_a_compare_config() -> None:
@@ -64,7 +73,14 @@ def test_every_config_file_is_a_recipe_layer_or_a_compare_config() -> None:
     assert {p.stem for p in COMPARE} >= {"synthetic_depth", "synthetic_thermal", "synthetic_stages"}
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(STANDALONE))
+def test_standalone_headers_name_the_file_alone(name: str) -> None:
+    (layer,) = STANDALONE[name]
+    assert 1 <= len(header(layer)) <= 3, f"{layer}: start with a comment of 1-3 lines"
+    assert header_stack(layer) == [layer], f"{layer}: header command"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_RECIPES))
 def test_variant_headers_name_their_stack(name: str) -> None:
     """A variant's header command starts from its family's base and ends with the file."""
     family, stem = name.split("/")

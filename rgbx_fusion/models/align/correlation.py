@@ -484,7 +484,8 @@ class CorrelationAlign(AlignBase):
         )
         # aux cells outside the map or without valid aux take no part in the match: zero
         # costs there would pull every border cell's soft-argmax inwards (a fake zoom)
-        window = local_correlation(torch.ones_like(valid), valid, self.radii[index])
+        r = self.radii[index]
+        window = F.unfold(valid, 2 * r + 1, padding=r).view(b, (2 * r + 1) ** 2, h, w)
         beta = self.log_temperature[index].exp()
         probs = torch.softmax(cost * beta + torch.log(window.clamp_min(1e-6)), dim=1)
         match = soft_argmax(probs, self.radii[index]).flatten(2).transpose(1, 2)  # cells
