@@ -199,7 +199,7 @@ def test_test_stage_measures_the_stored_misregistration(
 def test_a_trained_aligner_plugs_into_a_segmenter_and_freezes(
     trained_checkpoint: Path,
 ) -> None:
-    recipe = {"model": "similarity", "stride": 8, "levels": 2, "features": 32, "hidden": 16}
+    recipe = {"model": "similarity", "stride": 4, "levels": 3, "features": 32, "hidden": 16}
     trained = {
         k.removeprefix("aligner."): v
         for k, v in torch.load(trained_checkpoint, weights_only=True)["state_dict"].items()
