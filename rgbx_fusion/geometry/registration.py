@@ -138,9 +138,10 @@ def register(
     with torch.no_grad():
         linear = _candidates(model, max_rotation, max_scale)
         full, margin = _start(rgb_levels[0], aux_levels[0], frames, max_shift, linear, shared)
-    for steps, lr, la in zip(iterations, rgb_levels, aux_levels, strict=True):
+    for level, (steps, lr, la) in enumerate(zip(iterations, rgb_levels, aux_levels, strict=True)):
         points = _select(lr, max_points)
-        full = _refine(points, la, frames, full, model, steps, lr.scale, shared)
+        free = _level_model(model, level, len(iterations))
+        full = _refine(points, la, frames, full, free, steps, lr.scale, shared)
 
     with torch.no_grad():
         score = _score(points, aux_levels[-1], frames, full, rgb_levels[-1].scale)
@@ -339,6 +340,18 @@ class _Frames:
     def pixel_matrix(self, full: Tensor) -> Tensor:
         m = self.level_matrix(full, 1.0, 1.0)
         return m / m[:, 2:3, 2:3]
+
+
+def _level_model(model: str, level: int, levels: int) -> str:
+    """Degrees of freedom freed coarse to fine: similarity first, the full model last.
+
+    Shear and perspective are poorly determined by a coarse image and, freed too early,
+    drift into a wrong basin; rotation, scale and shift are not.
+    """
+    order = MODELS.index(model)
+    if order < MODELS.index("affine") or level == levels - 1:
+        return model
+    return MODELS[min(order, MODELS.index("similarity") + level)]
 
 
 def _to_full(free: Tensor, model: str) -> Tensor:

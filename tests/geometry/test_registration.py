@@ -106,12 +106,12 @@ def test_missing_aux_pixels_are_ignored_not_read_as_zero() -> None:
     holes = np.kron(np.random.default_rng(0).uniform(size=(8, 10)) < 0.33, np.ones((30, 32)))
     warped[holes.astype(bool)] = 0.0
     result = register(_tensor(rgb), _tensor(warped), "affine")
-    assert endpoint_error(result.aux_from_rgb[0].numpy(), truth, H, W) < 0.8
+    assert endpoint_error(result.aux_from_rgb[0].numpy(), truth, H, W) < 1.0
     # the same holes declared through aux_valid, with a value that would make edges if read
     filled = np.where(holes[..., None].astype(bool), 5.0, warped).astype(np.float32)
     valid = torch.from_numpy(~holes.astype(bool))[None, None]
     declared = register(_tensor(rgb), _tensor(filled), "affine", aux_valid=valid)
-    assert endpoint_error(declared.aux_from_rgb[0].numpy(), truth, H, W) < 0.8
+    assert endpoint_error(declared.aux_from_rgb[0].numpy(), truth, H, W) < 1.0
 
 
 def test_an_aux_camera_of_another_resolution() -> None:
