@@ -38,11 +38,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d, spatial_gradient
-from kornia.geometry.transform import pyrdown
 from torch import Tensor
 
 from rgbx_fusion.errors import ConfigError
+from rgbx_fusion.geometry import ngf
 
 MODELS = ("translation", "similarity", "affine", "homography")
 _NUM_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8}
@@ -119,32 +118,26 @@ def register(
     if model not in MODELS:
         raise ConfigError(f"register: model must be one of {MODELS}, got {model!r}")
     _check_inputs(rgb, aux, aux_valid, iterations)
-    if aux_valid is None:
-        aux_valid = (aux != 0).any(dim=1, keepdim=True)
-    aux_valid = aux_valid & torch.isfinite(aux).all(dim=1, keepdim=True)
-    # one pixel off every hole and frame edge: resampled borders blend values with "missing"
-    aux_valid = -F.max_pool2d(-aux_valid.float(), 3, stride=1, padding=1) > 0.5
-    aux = torch.where(aux_valid, aux, torch.zeros_like(aux)).float()
-    rgb = rgb.float()
+    rgb, aux, valid = ngf.prepare(rgb, aux, aux_valid)
     halvings = 0
     while min(rgb.shape[-2:]) // 2 ** (halvings + 1) >= min_coarse:
         halvings += 1
     used = min(len(iterations), halvings + 1)
     iterations = iterations[-used:]
-    rgb_levels = _pyramid(rgb, torch.ones_like(rgb[:, :1]), halvings, used)
-    aux_levels = _pyramid(aux, aux_valid.float(), halvings, used)
-    frames = _Frames(rgb.shape[-2:], aux.shape[-2:])
+    rgb_levels = ngf.pyramid(rgb, torch.ones_like(rgb[:, :1]), halvings, used)
+    aux_levels = ngf.pyramid(aux, valid, halvings, used)
+    frames = ngf.Frames(rgb.shape[-2:], aux.shape[-2:])
 
     with torch.no_grad():
         linear = _candidates(model, max_rotation, max_scale)
         full, margin = _start(rgb_levels[0], aux_levels[0], frames, max_shift, linear, shared)
     for level, (steps, lr, la) in enumerate(zip(iterations, rgb_levels, aux_levels, strict=True)):
-        points = _select(lr, max_points)
+        points = ngf.select(lr, max_points)
         free = _level_model(model, level, len(iterations))
         full = _refine(points, la, frames, full, free, steps, lr.scale, shared)
 
     with torch.no_grad():
-        score = _score(points, aux_levels[-1], frames, full, rgb_levels[-1].scale)
+        score = ngf.score(points, aux_levels[-1], frames, full, rgb_levels[-1].scale)
         sharpness = _sharpness(points, aux_levels[-1], frames, full, score, rgb_levels[-1].scale)
         confidence = sharpness * (0.5 + 0.5 * (margin / _CLEAR_MARGIN).clamp(max=1.0))
         overlap = _overlap(rgb_levels[-1], aux_levels[-1], frames, full)
@@ -177,35 +170,32 @@ def support(
     """
     _check_inputs(rgb, aux, aux_valid, (1,))
     rgb_level, aux_level = _native_levels(rgb, aux, aux_valid)
-    frames = _Frames(rgb.shape[-2:], aux.shape[-2:])
+    frames = ngf.Frames(rgb.shape[-2:], aux.shape[-2:])
     matrix = torch.as_tensor(aux_from_rgb, dtype=torch.float64, device=rgb.device)
     matrix = matrix.reshape(-1, 3, 3).expand(rgb.shape[0], 3, 3)
     full = frames.params(matrix).float()
-    points = _select(rgb_level, max_points)
+    points = ngf.select(rgb_level, max_points)
     with torch.no_grad():
-        score = _score(points, aux_level, frames, full, 1.0)
+        score = ngf.score(points, aux_level, frames, full, 1.0)
         step = distance / frames.half
         others = []
         for k in range(8):
             moved = full.clone()
             moved[:, 0] += step * math.cos(k * math.pi / 4.0)
             moved[:, 1] += step * math.sin(k * math.pi / 4.0)
-            others.append(_score(points, aux_level, frames, moved, 1.0))
+            others.append(ngf.score(points, aux_level, frames, moved, 1.0))
     mean_other = torch.stack(others, dim=1).mean(dim=1)
     return ((score - mean_other) / score.clamp_min(1e-6)).double()
 
 
-def _native_levels(rgb: Tensor, aux: Tensor, aux_valid: Tensor | None) -> tuple[_Level, _Level]:
+def _native_levels(
+    rgb: Tensor, aux: Tensor, aux_valid: Tensor | None
+) -> tuple[ngf.Level, ngf.Level]:
     """The full-resolution levels of both images (aux validity as in :func:`register`)."""
-    if aux_valid is None:
-        aux_valid = (aux != 0).any(dim=1, keepdim=True)
-    aux_valid = aux_valid & torch.isfinite(aux).all(dim=1, keepdim=True)
-    aux_valid = -F.max_pool2d(-aux_valid.float(), 3, stride=1, padding=1) > 0.5
-    aux = torch.where(aux_valid, aux, torch.zeros_like(aux)).float()
-    rgb = rgb.float()
+    rgb, aux, valid = ngf.prepare(rgb, aux, aux_valid)
     return (
-        _pyramid(rgb, torch.ones_like(rgb[:, :1]), 0, 1)[0],
-        _pyramid(aux, aux_valid.float(), 0, 1)[0],
+        ngf.pyramid(rgb, torch.ones_like(rgb[:, :1]), 0, 1)[0],
+        ngf.pyramid(aux, valid, 0, 1)[0],
     )
 
 
@@ -234,114 +224,6 @@ def _check_inputs(
         raise ConfigError(f"register: iterations must be positive per level, got {iterations}")
 
 
-@dataclass(frozen=True)
-class _Level:
-    """One pyramid level: hole-filled image, where it is measured, its structure tensor."""
-
-    image: Tensor  # (B, C, h, w)
-    valid: Tensor  # (B, 1, h, w) float 0/1: measured here
-    defined: Tensor  # (B, 1, h, w) float 0/1: enough measurements nearby for a gradient
-    tensor: Tensor  # (B, 3, h, w): Sxx, Sxy, Syy, normalised (see _normalise)
-    scale: float  # level pixels per native pixel
-
-
-def _pyramid(image: Tensor, valid: Tensor, halvings: int, used: int) -> list[_Level]:
-    """The ``used`` coarsest of ``halvings + 1`` pyramid levels, coarse first."""
-    weighted, weight = image * valid, valid
-    out: list[_Level] = []
-    scale = 1.0
-    for level in range(halvings + 1):
-        if level >= halvings + 1 - used:
-            out.append(_make_level(weighted, weight, scale))
-        if level < halvings:
-            width = weighted.shape[-1]
-            weighted, weight = pyrdown(weighted), pyrdown(weight)
-            scale *= weighted.shape[-1] / width
-    return out[::-1]
-
-
-def _make_level(weighted: Tensor, weight: Tensor, scale: float) -> _Level:
-    """Fill holes by normalised convolution (to place edges), then the structure tensor."""
-    spread = gaussian_blur2d(weight, (9, 9), (2.0, 2.0))
-    image = torch.where(
-        weight > 0.99,
-        weighted / weight.clamp_min(1e-6),
-        gaussian_blur2d(weighted, (9, 9), (2.0, 2.0)) / spread.clamp_min(1e-6),
-    )
-    near = (spread > 0.3).float() * (weight > 0.5)
-    defined = -F.max_pool2d(-near, 3, stride=1, padding=1)  # Sobel reads the 3×3 neighbours
-    tensor = _structure_tensor(image)
-    return _Level(image, (weight > 0.99).float(), defined, _normalise(tensor, defined), scale)
-
-
-def _structure_tensor(image: Tensor) -> Tensor:
-    """Per-pixel structure tensor (Sobel gradients) summed over channels: (B, 3, h, w)."""
-    grad = spatial_gradient(image, mode="sobel")  # (B, C, 2, h, w)
-    gx, gy = grad[:, :, 0], grad[:, :, 1]
-    return torch.stack(((gx * gx).sum(1), (gx * gy).sum(1), (gy * gy).sum(1)), dim=1)
-
-
-def _normalise(tensor: Tensor, weight: Tensor) -> Tensor:
-    """Structure tensor / (its trace + half the mean trace over ``weight``)."""
-    count = weight.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
-    trace = tensor[:, 0:1] + tensor[:, 2:3]
-    eps2 = 0.5 * (trace * weight).sum(dim=(2, 3), keepdim=True) / count
-    return tensor / (trace + eps2.clamp_min(1e-12))
-
-
-class _Frames:
-    """Coordinate frames: 8 centred parameters ↔ pixel matrices at any pyramid level.
-
-    Parameters ``(tx, ty, a11, a12, a21, a22, p1, p2)`` give the centred transform
-    ``I + [[a11, a12, tx], [a21, a22, ty], [p1, p2, 0]]``; centred coordinates put the image
-    centre at 0 and half the longer side at 1, in both images.
-    """
-
-    def __init__(self, rgb_size: torch.Size, aux_size: torch.Size) -> None:
-        self.rgb_size = (int(rgb_size[0]), int(rgb_size[1]))
-        self.aux_size = (int(aux_size[0]), int(aux_size[1]))
-        self.half = max(self.rgb_size) / 2.0
-        self._ends: dict[tuple[float, float, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
-        self._order = [2, 3, 0, 4, 5, 1, 6, 7, 8]  # (tx, ty, a11, a12, a21, a22, p1, p2, 0)
-
-    @staticmethod
-    def _centred_from_level(size: tuple[int, int], scale: float, like: Tensor) -> Tensor:
-        h, w = size
-        half = max(h, w) / 2.0
-        t = torch.eye(3, dtype=like.dtype, device=like.device)
-        # level pixel q = scale * (p + 0.5) - 0.5 for native pixel p
-        t[0, 0] = t[1, 1] = 1.0 / (scale * half)
-        t[0, 2] = ((0.5 / scale - 0.5) - (w - 1) / 2.0) / half
-        t[1, 2] = ((0.5 / scale - 0.5) - (h - 1) / 2.0) / half
-        return t
-
-    def level_matrix(self, full: Tensor, rgb_scale: float, aux_scale: float) -> Tensor:
-        """(B, 8) parameters → aux_from_rgb between the pixel grids of one level."""
-        key = (rgb_scale, aux_scale, full.dtype, full.device)
-        if key not in self._ends:
-            to_c = self._centred_from_level(self.rgb_size, rgb_scale, full)
-            from_c = torch.linalg.inv(self._centred_from_level(self.aux_size, aux_scale, full))
-            self._ends[key] = (to_c, from_c)
-        to_c, from_c = self._ends[key]
-        b = full.shape[0]
-        delta = torch.cat((full, torch.zeros_like(full[:, :1])), dim=1)[:, self._order]
-        centred = delta.view(b, 3, 3) + torch.eye(3, dtype=full.dtype, device=full.device)
-        return from_c @ centred @ to_c
-
-    def params(self, matrix: Tensor) -> Tensor:
-        """The inverse of :meth:`pixel_matrix`: (B, 3, 3) native pixel matrix → (B, 8)."""
-        to_c = self._centred_from_level(self.rgb_size, 1.0, matrix)
-        from_c = torch.linalg.inv(self._centred_from_level(self.aux_size, 1.0, matrix))
-        centred = torch.linalg.inv(from_c) @ matrix @ torch.linalg.inv(to_c)
-        centred = centred / centred[:, 2:3, 2:3]
-        delta = (centred - torch.eye(3, dtype=matrix.dtype, device=matrix.device)).flatten(1)
-        return delta[:, [2, 5, 0, 1, 3, 4, 6, 7]]
-
-    def pixel_matrix(self, full: Tensor) -> Tensor:
-        m = self.level_matrix(full, 1.0, 1.0)
-        return m / m[:, 2:3, 2:3]
-
-
 def _level_model(model: str, level: int, levels: int) -> str:
     """Degrees of freedom freed coarse to fine: similarity first, the full model last.
 
@@ -355,7 +237,7 @@ def _level_model(model: str, level: int, levels: int) -> str:
 
 
 def _to_full(free: Tensor, model: str) -> Tensor:
-    """A model's free parameters → all 8 (see :class:`_Frames`)."""
+    """A model's free parameters → all 8 (see :class:`ngf.Frames`)."""
     zero = torch.zeros_like(free[:, :1])
     if model == "similarity":  # tx, ty, s, r: linear part [[s, -r], [r, s]]
         tx, ty, s, r = free.split(1, dim=1)
@@ -372,88 +254,6 @@ def _from_full(full: Tensor, model: str) -> Tensor:
     return full[:, : _NUM_PARAMS[model]].clone()
 
 
-def _pixels(h: int, w: int, like: Tensor) -> Tensor:
-    """Homogeneous pixel coordinates (h·w, 3), row-major."""
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=like.device, dtype=like.dtype),
-        torch.arange(w, device=like.device, dtype=like.dtype),
-        indexing="ij",
-    )
-    return torch.stack((xs, ys, torch.ones_like(xs)), dim=-1).view(-1, 3)
-
-
-def _sample(image: Tensor, points: Tensor, matrix: Tensor) -> Tensor:
-    """Bilinear samples of ``image`` (B, C, h', w') at ``matrix`` · ``points`` (B, N, 3).
-
-    Returns (B, C, N); positions outside the image read 0.
-    """
-    moved = points @ matrix.transpose(1, 2)
-    xy = moved[..., :2] / moved[..., 2:].clamp_min(1e-6)
-    h, w = image.shape[-2:]
-    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=xy.device)
-    grid = (xy * scale - 1.0)[:, :, None].to(image.dtype)
-    return F.grid_sample(image, grid, mode="bilinear", align_corners=True)[..., 0]
-
-
-@dataclass(frozen=True)
-class _Points:
-    """The RGB pixels a level is scored on: where the colour image has structure."""
-
-    coords: Tensor  # (B, N, 3) homogeneous level pixels
-    tensor: Tensor  # (B, 3, N) normalised RGB structure tensor there
-    weight: Tensor  # (B, N) 1 where the RGB gradient is defined
-
-
-def _select(rgb: _Level, max_points: int) -> _Points:
-    """Each pair's ``max_points`` pixels of strongest normalised RGB structure."""
-    h, w = rgb.tensor.shape[-2:]
-    strength = (rgb.tensor[:, 0] + rgb.tensor[:, 2]).flatten(1) * rgb.defined.flatten(1)
-    n = min(max_points, h * w)
-    index = strength.topk(n, dim=1).indices  # (B, N)
-    coords = _pixels(h, w, rgb.tensor)[index]
-    tensor = rgb.tensor.flatten(2).gather(2, index[:, None].expand(-1, 3, -1))
-    weight = rgb.defined.flatten(1).gather(1, index)
-    return _Points(coords, tensor, weight)
-
-
-def _score(
-    points: _Points,
-    aux: _Level,
-    frames: _Frames,
-    full: Tensor,
-    rgb_scale: float,
-    weight: Tensor | None = None,
-) -> Tensor:
-    """Mean NGF score per pair over the selected points under 8 ``full`` parameters.
-
-    The aux structure tensor is sampled at the mapped points and turned into the RGB frame
-    with the transform's linear part ``J`` (``Jᵀ S J``, ``J`` scaled to unit determinant
-    so that scale does not change the score). ``weight`` (see :func:`_weight`) may be
-    reused across small parameter changes.
-    """
-    matrix = frames.level_matrix(full, rgb_scale, aux.scale)
-    if weight is None:
-        weight = _weight(points, aux, matrix)
-    s = _sample(aux.tensor, points.coords, matrix)
-    jac = matrix[:, :2, :2] / matrix[:, :2, :2].det().abs().sqrt().clamp_min(1e-6)[:, None, None]
-    a, b, c, d = (v[:, None] for v in jac.flatten(1).unbind(1))
-    sxx, sxy, syy = s.unbind(1)
-    # Jᵀ S J for J = [[a, b], [c, d]] and S = [[sxx, sxy], [sxy, syy]]
-    txx = a * a * sxx + 2 * a * c * sxy + c * c * syy
-    txy = a * b * sxx + (a * d + b * c) * sxy + c * d * syy
-    tyy = b * b * sxx + 2 * b * d * sxy + d * d * syy
-    r = points.tensor
-    inner = r[:, 0] * txx + 2.0 * r[:, 1] * txy + r[:, 2] * tyy
-    return (inner * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
-
-
-def _weight(points: _Points, aux: _Level, matrix: Tensor) -> Tensor:
-    """(B, N) 1 where both gradients are defined at a point under ``matrix``."""
-    with torch.no_grad():
-        defined = _sample(aux.defined, points.coords, matrix)[:, 0]
-        return points.weight * (defined > 0.999).float()
-
-
 def _candidates(model: str, max_rotation: float, max_scale: float) -> list[tuple[float, float]]:
     """(degrees, scale) pairs the coarse search tries: a grid with steps ≤ 3° and ≤ 0.04."""
     if model == "translation":
@@ -466,9 +266,9 @@ def _candidates(model: str, max_rotation: float, max_scale: float) -> list[tuple
 
 
 def _start(
-    rgb: _Level,
-    aux: _Level,
-    frames: _Frames,
+    rgb: ngf.Level,
+    aux: ngf.Level,
+    frames: ngf.Frames,
     max_shift: float,
     linear: list[tuple[float, float]],
     shared: bool = False,
@@ -491,7 +291,7 @@ def _start(
     spec_count = torch.fft.rfft2(rgb.defined, s=(ph, pw)).conj()
     shifts = torch.arange(-reach, reach + 1, device=device)
     rows, cols = shifts % ph, shifts % pw
-    points = _pixels(h, w, rgb.tensor)[None].expand(b, -1, -1)
+    points = ngf.pixels(h, w, rgb.tensor)[None].expand(b, -1, -1)
     best_score = torch.full((b,), -1.0, device=device)
     best = torch.zeros(b, 8, device=device)
     best_margin = torch.zeros(b, device=device)
@@ -508,7 +308,7 @@ def _start(
             device=device,
         )
         matrix = frames.level_matrix(full, rgb.scale, aux.scale)
-        sampled = _sample(torch.cat((aux.tensor, aux.defined), dim=1), points, matrix)
+        sampled = ngf.sample(torch.cat((aux.tensor, aux.defined), dim=1), points, matrix)
         tensor = sampled[:, :3].view(b, 3, h, w)
         defined = (sampled[:, 3:] > 0.999).float().view(b, 1, h, w)
         # corr[t] = sum_p A(p) B(p + t), from conj(FFT(A)) · FFT(B)
@@ -551,9 +351,9 @@ def _margin(score: Tensor, where: Tensor, top: Tensor) -> Tensor:
 
 
 def _refine(
-    points: _Points,
-    aux: _Level,
-    frames: _Frames,
+    points: ngf.Points,
+    aux: ngf.Level,
+    frames: ngf.Frames,
     full: Tensor,
     model: str,
     steps: int,
@@ -578,8 +378,10 @@ def _refine(
         optimiser.zero_grad(set_to_none=True)
         current = _to_full(free * pixel, model).expand(rows, -1)
         if step % 5 == 0:  # the overlap changes slowly; refresh it every few steps
-            weight = _weight(points, aux, frames.level_matrix(current, rgb_scale, aux.scale))
-        score = _score(points, aux, frames, current, rgb_scale, weight)
+            weight = ngf.point_weights(
+                points, aux, frames.level_matrix(current, rgb_scale, aux.scale)
+            )
+        score = ngf.score(points, aux, frames, current, rgb_scale, weight)
         (-score.sum()).backward()
         optimiser.step()
         schedule.step()
@@ -587,7 +389,12 @@ def _refine(
 
 
 def _sharpness(
-    points: _Points, aux: _Level, frames: _Frames, full: Tensor, score: Tensor, rgb_scale: float
+    points: ngf.Points,
+    aux: ngf.Level,
+    frames: ngf.Frames,
+    full: Tensor,
+    score: Tensor,
+    rgb_scale: float,
 ) -> Tensor:
     """Relative drop of the score when the solution moves 2 level pixels in 8 directions."""
     distance = 2.0 / (rgb_scale * frames.half)
@@ -597,17 +404,17 @@ def _sharpness(
         moved = full.clone()
         moved[:, 0] += distance * math.cos(angle)
         moved[:, 1] += distance * math.sin(angle)
-        drops.append(score - _score(points, aux, frames, moved, rgb_scale))
+        drops.append(score - ngf.score(points, aux, frames, moved, rgb_scale))
     drop = torch.stack(drops, dim=1).min(dim=1).values
     return (drop / score.clamp_min(1e-6) / _SHARP_PEAK).clamp(0.0, 1.0)
 
 
-def _overlap(rgb: _Level, aux: _Level, frames: _Frames, full: Tensor) -> Tensor:
+def _overlap(rgb: ngf.Level, aux: ngf.Level, frames: ngf.Frames, full: Tensor) -> Tensor:
     """Fraction of RGB pixels of a level that land on measured aux pixels."""
     b, _, h, w = rgb.tensor.shape
     matrix = frames.level_matrix(full, rgb.scale, aux.scale)
-    points = _pixels(h, w, full)[None].expand(b, -1, -1)
-    measured = _sample(aux.valid, points, matrix)[:, 0]
+    points = ngf.pixels(h, w, full)[None].expand(b, -1, -1)
+    measured = ngf.sample(aux.valid, points, matrix)[:, 0]
     return (measured > 0.5).float().mean(dim=1)
 
 
