@@ -35,7 +35,7 @@ import torch
 
 from rgbx_fusion.data.rig import apply_transform, write_declared_transform
 from rgbx_fusion.data.sets.folder import FolderRGBX, read_json_object, read_rgb
-from rgbx_fusion.errors import ConfigError, DatasetError, ShapeMismatchError
+from rgbx_fusion.errors import ConfigError, DatasetError, MissingFileError, ShapeMismatchError
 from rgbx_fusion.geometry.encodings import surface_normals
 from rgbx_fusion.geometry.registration import register, support
 
@@ -140,6 +140,13 @@ def calibrate(
         )
     root = Path(root)
     say = progress or (lambda _: None)
+    if not (root / "dataset.json").is_file():
+        raise MissingFileError(
+            root / "dataset.json",
+            "the dataset.json of a dataset in the generic folder layout",
+            "no such file",
+            "point --root at such a dataset (datasets/README.md)",
+        )
     info = read_json_object(root / "dataset.json")
     modality = modality or info.get("modality") or "depth"
     dataset = FolderRGBX(split, root, modality, aux_from_rgb=np.eye(3).tolist())

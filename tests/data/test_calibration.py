@@ -14,7 +14,7 @@ from rgbx_fusion.cli.calibrate import run
 from rgbx_fusion.data.calibration import calibrate, endpoint_error
 from rgbx_fusion.data.sets.folder import FolderRGBX
 from rgbx_fusion.data.sets.synthetic_scene import render_frame
-from rgbx_fusion.errors import DatasetError
+from rgbx_fusion.errors import DatasetError, MissingFileError
 
 H, W = 120, 160
 RIG = random_transform(np.random.default_rng(4), H, W, max_shift=6.0, max_rotation=3.0)
@@ -90,6 +90,11 @@ def test_too_few_usable_pairs_is_a_typed_error_naming_the_folder(tmp_path: Path)
     with pytest.raises(DatasetError, match="pairs that register") as info:
         calibrate(root, min_pairs=2, **SEARCH)
     assert str(root) in str(info.value)
+
+
+def test_a_folder_without_dataset_json_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError, match=r"dataset\.json"):
+        calibrate(tmp_path / "nowhere")
 
 
 def test_dry_run_leaves_dataset_json_alone(tmp_path: Path) -> None:
