@@ -60,6 +60,10 @@ def pyramid(image: Tensor, valid: Tensor, halvings: int, used: int) -> list[Leve
 
 def make_level(weighted: Tensor, weight: Tensor, scale: float) -> Level:
     """Fill holes by normalised convolution (to place edges), then the structure tensor."""
+    if bool((weight > 0.99).all()):  # nothing to fill (colour images, complete aux)
+        image = weighted / weight
+        ones = torch.ones_like(weight)
+        return Level(image, ones, ones, normalise(structure_tensor(image), ones), scale)
     spread = gaussian_blur2d(weight, (9, 9), (2.0, 2.0))
     image = torch.where(
         weight > 0.99,
