@@ -27,7 +27,7 @@ import torch
 from rgbx_fusion.data.depth import read_image_array
 from rgbx_fusion.data.sets.synthetic_scene import render_frame
 from rgbx_fusion.errors import DatasetError
-from rgbx_fusion.geometry.registration import MODELS, register
+from rgbx_fusion.geometry.registration import MODELS, endpoint_error, register
 
 F32 = npt.NDArray[np.float32]
 
@@ -77,16 +77,6 @@ def misregister(aux: F32, aux_from_rgb: npt.NDArray[np.float64], nearest: bool) 
     out = np.asarray(out, np.float32).reshape(aux.shape)
     out[inside < 0.999] = 0.0  # the frame's edge holds no blend of values and "missing"
     return out
-
-
-def endpoint_error(
-    estimate: npt.NDArray[np.float64], truth: npt.NDArray[np.float64], height: int, width: int
-) -> float:
-    """Mean distance (px) between two ``aux_from_rgb`` maps over every RGB pixel."""
-    ys, xs = np.mgrid[0:height, 0:width]
-    points = np.stack((xs.ravel(), ys.ravel(), np.ones(height * width)))
-    a, b = estimate @ points, truth @ points
-    return float(np.linalg.norm(a[:2] / a[2] - b[:2] / b[2], axis=0).mean())
 
 
 def read_pair(rgb_path: Path, aux_path: Path) -> Pair:

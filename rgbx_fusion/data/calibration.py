@@ -37,7 +37,7 @@ from rgbx_fusion.data.rig import apply_transform, write_declared_transform
 from rgbx_fusion.data.sets.folder import FolderRGBX, read_json_object, read_rgb
 from rgbx_fusion.errors import ConfigError, DatasetError, MissingFileError, ShapeMismatchError
 from rgbx_fusion.geometry.encodings import surface_normals
-from rgbx_fusion.geometry.registration import register, support
+from rgbx_fusion.geometry.registration import endpoint_error, register, support
 
 MODELS = ("translation", "similarity", "affine", "homography")
 F64 = npt.NDArray[np.float64]
@@ -88,14 +88,6 @@ def _nominal_k(height: int, width: int) -> F64:
     """A pinhole with a 60° horizontal field of view, for normals when K is unknown."""
     f = width / (2.0 * np.tan(np.deg2rad(30.0)))
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
-
-
-def endpoint_error(a: F64, b: F64, height: int, width: int, step: int = 4) -> float:
-    """Mean distance (px) between where two ``aux_from_rgb`` send the RGB pixels."""
-    ys, xs = np.mgrid[0:height:step, 0:width:step]
-    points = np.stack((xs.ravel(), ys.ravel(), np.ones(xs.size)))
-    pa, pb = a @ points, b @ points
-    return float(np.linalg.norm(pa[:2] / pa[2] - pb[:2] / pb[2], axis=0).mean())
 
 
 def calibrate(
@@ -263,7 +255,7 @@ def _judge_pairs(
             reason = f"no match at the rig transform (support {agree[i]:.3f} < {floor:.3f})"
         else:
             reason = ""
-        residual = endpoint_error(own.aux_from_rgb[i].numpy(), np.eye(3), h, w)
+        residual = endpoint_error(own.aux_from_rgb[i].numpy(), np.eye(3), h, w, step=4)
         reports.append(PairReport(name, True, residual, float(own.confidence[i]), reason))
     return reports
 

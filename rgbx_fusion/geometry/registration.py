@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -147,6 +148,20 @@ def register(
         confidence=confidence.double(),
         overlap=overlap.double(),
     )
+
+
+def endpoint_error(
+    a: Tensor | np.ndarray, b: Tensor | np.ndarray, height: int, width: int, step: int = 1
+) -> float:
+    """Mean distance (px) between where two ``aux_from_rgb`` matrices send the RGB pixels.
+
+    Every ``step``-th pixel of an RGB image of ``height`` × ``width`` is counted.
+    """
+    ys, xs = np.mgrid[0:height:step, 0:width:step]
+    points = np.stack((xs.ravel(), ys.ravel(), np.ones(xs.size)))
+    pa = np.asarray(a, np.float64) @ points
+    pb = np.asarray(b, np.float64) @ points
+    return float(np.linalg.norm(pa[:2] / pa[2] - pb[:2] / pb[2], axis=0).mean())
 
 
 def support(
