@@ -29,6 +29,28 @@ def unwrap_state_dict(obj: Any, path: str | Path | None = None) -> StateDict:
     return {str(k): v for k, v in obj.items()}
 
 
+def best_checkpoint(path: str | Path) -> Path:
+    """``path`` itself when it is a file; for a run folder, its newest ``best-*.ckpt``.
+
+    A training run keeps its best-on-validation checkpoint as
+    ``<run>/lightning_logs/version_<n>/checkpoints/best-<epoch>-<step>.ckpt``; naming the run
+    folder instead spares a config the epoch and step, which change from run to run.
+
+    Raises:
+        CheckpointError: a folder without any ``best-*.ckpt`` below it.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    found = [f for f in p.rglob("best-*.ckpt") if f.is_file() and not f.name.startswith(".")]
+    if not found:
+        raise CheckpointError(
+            f"{p} is a folder without a best-*.ckpt below it; train that run first or name "
+            "the checkpoint file"
+        )
+    return max(found, key=lambda f: f.stat().st_mtime_ns)
+
+
 def read_state_dict(path: str | Path) -> StateDict:
     """Load a weights file with ``weights_only=True`` (tensors and plain data only)."""
     p = Path(path)

@@ -197,7 +197,7 @@ def test_test_stage_measures_the_stored_misregistration(
 
 
 def test_a_trained_aligner_plugs_into_a_segmenter_and_freezes(
-    trained_checkpoint: Path,
+    trained_checkpoint: Path, tmp_path: Path
 ) -> None:
     recipe = {"model": "similarity", "stride": 4, "levels": 3, "features": 32, "hidden": 16}
     trained = {
@@ -218,6 +218,11 @@ def test_a_trained_aligner_plugs_into_a_segmenter_and_freezes(
 
     free = CorrelationAlign(3, 1, checkpoint=str(trained_checkpoint), **recipe)
     assert all(p.requires_grad for p in free.parameters())
+    run_folder = trained_checkpoint.parents[3]  # <run>/lightning_logs/version_0/checkpoints
+    by_folder = CorrelationAlign(3, 1, checkpoint=str(run_folder), **recipe).state_dict()
+    assert all(torch.equal(by_folder[k], trained[k]) for k in trained)
+    with pytest.raises(CheckpointError, match="best-"):
+        CorrelationAlign(3, 1, checkpoint=str(tmp_path), **recipe)  # an empty folder
     with pytest.raises(CheckpointError, match="model='similarity'"):
         CorrelationAlign(3, 1, checkpoint=str(trained_checkpoint), **{**recipe, "model": "affine"})
     with pytest.raises(WeightsMismatchError):

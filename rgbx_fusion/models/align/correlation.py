@@ -41,7 +41,7 @@ from rgbx_fusion.models.align.flow import (
     resize_flow,
     warp_by_flow,
 )
-from rgbx_fusion.models.state_dict import check_keys, read_state_dict
+from rgbx_fusion.models.state_dict import best_checkpoint, check_keys, read_state_dict
 
 MotionModel = Literal["translation", "similarity", "affine", "homography"]
 MODELS: tuple[str, ...] = ("translation", "similarity", "affine", "homography")
@@ -350,9 +350,10 @@ class CorrelationAlign(AlignBase):
             globally warped aux, zero-initialised last layer) on top of the global warp.
         flow_hidden, flow_stride: width and stride of that residual flow net.
         smoothness_weight: total-variation weight on the residual flow (:meth:`regularization`).
-        checkpoint: an ``AlignmentTask`` checkpoint (``.ckpt``) or a plain state dict whose
-            ``aligner.*`` weights are loaded after building (the settings above must match
-            the run that wrote it).
+        checkpoint: an ``AlignmentTask`` checkpoint (``.ckpt``), a plain state dict, or the
+            alignment run's folder (its newest ``best-*.ckpt`` is used), whose ``aligner.*``
+            weights are loaded after building (the settings above must match the run that
+            wrote it).
         freeze: with ``checkpoint``, keep the loaded weights fixed (no gradients, so no
             optimiser updates).
 
@@ -619,6 +620,7 @@ def load_aligner_checkpoint(module: nn.Module, path: str | Path) -> None:
         WeightsMismatchError: the keys or shapes differ (the aligner's settings differ from
             the run that trained it).
     """
+    path = best_checkpoint(path)
     state = aligner_state_dict(path)
     expected = {k: v.shape for k, v in module.state_dict().items()}
     check_keys(expected, state, f"the aligner weights in {path}")
