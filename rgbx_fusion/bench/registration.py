@@ -177,10 +177,101 @@ def _pair_trials(
     return trials
 
 
+def load_learned_aligner(path: str | Path, aux_channels: int) -> torch.nn.Module:
+    """The ``CorrelationAlign`` of an alignment run (its folder or checkpoint), in eval mode."""
+    from rgbx_fusion.errors import CheckpointError
+    from rgbx_fusion.models.align.correlation import CorrelationAlign
+    from rgbx_fusion.models.state_dict import best_checkpoint
+
+    ckpt = best_checkpoint(path)
+    if not ckpt.is_file():
+        raise CheckpointError(f"alignment checkpoint {ckpt} does not exist")
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    aligner = hp.get("aligner") if isinstance(hp, dict) else None
+    if not isinstance(aligner, dict) or not str(aligner.get("class_path", "")).endswith(
+        "CorrelationAlign"
+    ):
+        raise CheckpointError(f"{ckpt}: not an AlignmentTask checkpoint of a CorrelationAlign")
+    init = {k: v for k, v in aligner.get("init_args", {}).items() if k not in ("checkpoint",)}
+    init["freeze"] = False
+    module = CorrelationAlign(3, aux_channels, **init, checkpoint=str(ckpt))
+    return module.eval()
+
+
+def _resize_matrix(matrix: npt.NDArray[np.float64], factor: float) -> npt.NDArray[np.float64]:
+    """A pixel map on an image resized by ``factor`` → the same map on the original pixels."""
+    s = np.array([[factor, 0, 0.5 * factor - 0.5], [0, factor, 0.5 * factor - 0.5], [0, 0, 1]])
+    return np.asarray(s @ matrix @ np.linalg.inv(s), np.float64)
+
+
+def learned_trials(
+    pairs: Sequence[Pair],
+    aligner: Callable[[int], torch.nn.Module],
+    width: int,
+    refine: str | None = "affine",
+    warps: int = 8,
+    seed: int = 0,
+) -> list[Trial]:
+    """The learned aligner on the warps of :func:`run_trials` (same seed: the same warps).
+
+    ``aligner(aux_channels)`` gives the aligner for a pair's aux channels. It runs on the
+    pair resized to ``width`` pixels wide (its training scale); its matrix
+    is brought back to full resolution. ``refine``: then :func:`register` the pair it
+    aligned with that model and compose both (rows ``learned`` and ``learned+<refine>``).
+    """
+    import torch.nn.functional as F
+
+    trials = []
+    rng = np.random.default_rng(seed)
+    for pair in pairs:
+        net = aligner(pair.aux.shape[-1])
+        h, w = pair.rgb.shape[:2]
+        factor = w / width
+        size = (round(h / factor), width)
+        nearest = bool((pair.aux == 0).any())
+        rgb_t = torch.from_numpy(pair.rgb).permute(2, 0, 1)[None]
+        for _ in range(warps):
+            truth = random_transform(rng, h, w)
+            aux = misregister(pair.aux, truth, nearest)
+            aux_t = torch.from_numpy(aux).permute(2, 0, 1)[None]
+            before = endpoint_error(np.eye(3), truth, h, w)
+            start = time.perf_counter()
+            with torch.no_grad():
+                small_rgb = F.interpolate(rgb_t, size=size, mode="area")
+                small_aux = F.interpolate(aux_t, size=size, mode="nearest")
+                net(small_rgb, small_aux)
+            small = net.last_transform()  # type: ignore[operator]
+            learned = _resize_matrix(small[0].double().numpy(), factor)
+            seconds = time.perf_counter() - start
+            err = endpoint_error(learned, truth, h, w)
+            trials.append(Trial(pair.group, "learned", before, err, float("nan"), seconds))
+            if refine is None:
+                continue
+            aligned = cv2.warpPerspective(
+                aux,
+                learned,
+                (w, h),
+                flags=(cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP,
+                borderValue=0.0,
+            )
+            aligned_t = torch.from_numpy(np.asarray(aligned, np.float32).reshape(aux.shape))
+            result = register(rgb_t, aligned_t.permute(2, 0, 1)[None], refine)
+            total = learned @ result.aux_from_rgb[0].cpu().numpy()
+            seconds = time.perf_counter() - start
+            err = endpoint_error(total, truth, h, w)
+            conf = float(result.confidence[0])
+            trials.append(Trial(pair.group, f"learned+{refine}", before, err, conf, seconds))
+    return trials
+
+
+def _order(model: str) -> int:
+    return MODELS.index(model) if model in MODELS else len(MODELS) + len(model)
+
+
 def summarise(trials: Sequence[Trial]) -> list[dict[str, float | str | int]]:
     """One row per (pair group, model): EPE before / after (median, p95), time per pair."""
     rows: list[dict[str, float | str | int]] = []
-    keys = sorted({(t.group, t.model) for t in trials}, key=lambda k: (k[0], MODELS.index(k[1])))
+    keys = sorted({(t.group, t.model) for t in trials}, key=lambda k: (k[0], _order(k[1])))
     for group, model in keys:
         sel = [t for t in trials if t.group == group and t.model == model]
         after = np.array([t.after for t in sel])

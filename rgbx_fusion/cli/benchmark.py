@@ -287,7 +287,7 @@ def run_registration(args: argparse.Namespace) -> None:
     from rgbx_fusion.bench.registration import read_pair, run_trials, summarise, synthetic_pairs
     from rgbx_fusion.geometry.registration import MODELS
 
-    models = tuple(args.reg_models.split(","))
+    models = tuple(m for m in args.reg_models.split(",") if m)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ConfigError(f"--reg-models: unknown {unknown}; choose from {MODELS}")
@@ -302,7 +302,17 @@ def run_registration(args: argparse.Namespace) -> None:
         f"[dim]registering {len(pairs)} pairs × {args.reg_warps} random warps × "
         f"{len(models)} models at their native size[/dim]"
     )
-    rows = summarise(run_trials(pairs, models, warps=args.reg_warps))
+    trials = run_trials(pairs, models, warps=args.reg_warps) if models else []
+    if args.reg_aligner:
+        from functools import cache
+
+        from rgbx_fusion.bench.registration import learned_trials, load_learned_aligner
+
+        aligner = cache(lambda channels: load_learned_aligner(args.reg_aligner, channels))
+        refine = args.reg_refine or None
+        width = args.reg_aligner_width
+        trials += learned_trials(pairs, aligner, width, refine, warps=args.reg_warps)
+    rows = summarise(trials)
     table = Table(title="register: end-point error on known warps (px, over the RGB image)")
     for col in (
         "pairs",
@@ -447,7 +457,25 @@ def parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--reg-models",
         default="translation,similarity,affine,homography",
-        help="comma-separated registration models",
+        help="comma-separated registration models (empty: none)",
+    )
+    reg.add_argument(
+        "--reg-aligner",
+        default=None,
+        metavar="RUN_OR_CKPT",
+        help="also a learned CorrelationAlign (an alignment run's folder or checkpoint) on "
+        "the same warps, alone and refined by register",
+    )
+    reg.add_argument(
+        "--reg-aligner-width",
+        type=int,
+        default=160,
+        help="width the learned aligner runs at (its training scale); its matrix is scaled up",
+    )
+    reg.add_argument(
+        "--reg-refine",
+        default="affine",
+        help="register model that refines the learned estimate ('' for none)",
     )
     return bench
 

@@ -196,3 +196,23 @@ def test_support_tells_a_matching_pair_from_another_scene() -> None:
     assert values.shape == (2,)
     assert float(values[0]) > 0.3
     assert float(values[1]) < 0.3 * float(values[0])
+
+
+def test_learned_aligner_trials_scale_and_compose_the_matrices() -> None:
+    """An untrained CorrelationAlign is the identity: its rows show the warp itself, and
+    refining after it is plain registration; a matrix found on a resized image maps back."""
+    from rgbx_fusion.bench.registration import Pair, _resize_matrix, learned_trials
+    from rgbx_fusion.models.align.correlation import CorrelationAlign
+
+    shift = np.array([[1.0, 0, 2.0], [0, 1.0, -1.0], [0, 0, 1.0]])
+    big = _resize_matrix(shift, 4.0)
+    assert np.allclose(big[:2, 2], [8.0, -4.0]) and np.allclose(big[:2, :2], np.eye(2))
+    rgb, thermal = _day_pair(7)
+    pair = Pair("day", "day", rgb, thermal)
+    identity = CorrelationAlign(3, 1, stride=8, levels=2).eval()
+    trials = learned_trials([pair], lambda channels: identity, 160, "similarity", warps=2)
+    learned = [t for t in trials if t.model == "learned"]
+    refined = [t for t in trials if t.model == "learned+similarity"]
+    assert len(learned) == len(refined) == 2
+    assert all(t.after == pytest.approx(t.before, abs=1e-6) and t.before > 3 for t in learned)
+    assert all(t.after < 1.0 for t in refined)
