@@ -5,8 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= datasets/synthetic
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv install quickstart test lint format clean-data gpu-check
+.PHONY: venv install quickstart test browser lint format clean-data gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +22,21 @@ quickstart: $(STAMP)
 	$(BIN)/rgbx-fusion quickstart --root $(DATA)
 
 ## set up, then lint, type-check and run the default test suite
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
+
+## Debian's chromium and chromium-driver, for the report.html browser test (installed with
+## apt-get when missing; RGBX_SKIP_BROWSER=1 skips that test instead)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$RGBX_SKIP_BROWSER" = 1 ]; then echo "RGBX_SKIP_BROWSER=1: browser test skipped"; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y chromium chromium-driver; \
+	else \
+		echo "chromium/chromedriver missing and no apt-get: install Chromium and its driver" \
+			"(chromedriver on PATH), or set RGBX_SKIP_BROWSER=1 to skip the browser test" >&2; \
+	fi
 
 ## on a CUDA machine: the gpu-marked tests, then the CMX-like and ESANet-like recipes in
 ## bf16 (inference at batch 1, training at batch 8), results under runs/bench-gpu

@@ -19,6 +19,9 @@ layers as a hand-run ``rgbx-fusion fit --config base --config variant``::
       model.network.init_args.fusion:
         - {class_path: rgbx_fusion.models.fusion.simple.AddFusion}
         - {class_path: rgbx_fusion.models.fusion.channel_attention.SEFusion}
+    executor:                                 # optional: where the runs train (executors.py)
+      kind: slurm
+      slurm: {partition: gpu, time: "06:00:00", gpus_per_task: 1}
 
 A layer path is looked up in the working directory, then (for a loaded file) in each
 folder above the compare config, so ``configs/...`` works from anywhere in the repository.
@@ -41,9 +44,10 @@ from typing import Any
 
 import yaml
 
+from rgbx_fusion.compare.executors import ExecutorSettings, parse_executor
 from rgbx_fusion.errors import ConfigError
 
-KEYS = ("base", "seeds", "overrides", "variants", "grid")
+KEYS = ("base", "seeds", "overrides", "variants", "grid", "executor")
 VARIANT_KEYS = ("name", "config", "overrides")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -66,6 +70,7 @@ class CompareConfig:
     overrides: dict[str, Any]
     variants: tuple[Variant, ...]
     source: Path | None = None
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
     def layers(self, variant: Variant) -> tuple[Path, ...]:
         """The config files of one variant, in order: the base layers, then its own."""
@@ -230,7 +235,8 @@ def parse_compare_config(data: Any, source: Path | None = None) -> CompareConfig
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"variants: duplicated names {dupes}")
-    return CompareConfig(base, tuple(seeds), overrides, tuple(variants), source)
+    executor = parse_executor(data.get("executor"))
+    return CompareConfig(base, tuple(seeds), overrides, tuple(variants), source, executor)
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:

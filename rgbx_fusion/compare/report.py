@@ -214,8 +214,40 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(metrics: Sequence[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Write runs.csv, results.csv, results.md and the two plots; return the aggregated rows."""
+def failed_runs_markdown(failed: Sequence[dict[str, Any]]) -> str:
+    """The "Failed runs" section of results.md (empty without failed runs)."""
+    if not failed:
+        return ""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["## Failed runs", "", "| variant | seed | error | log |", "|---|---|---|---|"]
+    for f in failed:
+        row = (f.get("variant", "?"), f.get("seed", "?"), f.get("error", ""), f.get("log", ""))
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    metrics: Sequence[dict[str, Any]],
+    out: Path,
+    failed: Sequence[dict[str, Any]] = (),
+    gallery: int = 6,
+) -> list[dict[str, Any]]:
+    """Write runs.csv, results.csv, results.md, the two plots, the gallery and report.html;
+    return the aggregated rows.
+
+    ``failed``: runs that crashed, ``{"variant", "seed", "status": "failed", "error": <first
+    line>, "log": <path>}``; listed in results.md and report.html. ``gallery``: how many
+    test images the qualitative gallery shows (0: none; see
+    :mod:`rgbx_fusion.compare.gallery`); it is drawn when a finished run's checkpoint is
+    on disk.
+    """
+    from rgbx_fusion.compare.gallery import build_gallery
+    from rgbx_fusion.compare.html import write_html_report
+
+    out = Path(out)
     rows = aggregate(metrics)
     runs = [{k: m.get(k) for k in (*RUN_KEYS, "val_mIoU", "test_mIoU")} for m in metrics]
     write_text_atomic(out / "runs.csv", _csv_text(runs))
@@ -228,8 +260,12 @@ def write_report(metrics: Sequence[dict[str, Any]], out: Path) -> list[dict[str,
         + markdown_table(rows)
         + "\n![mIoU vs GFLOPs](miou_vs_gflops.png)\n\n![per-class IoU](per_class_iou.png)\n"
     )
+    if failed:
+        md += "\n" + failed_runs_markdown(failed)
     write_text_atomic(out / "results.md", md)
     if rows:
         plot_pareto(rows, out / "miou_vs_gflops.png")
         plot_per_class(rows, out / "per_class_iou.png")
+    shown = build_gallery(metrics, out, count=gallery) if gallery > 0 else None
+    write_html_report(out, rows, metrics, failed, shown)
     return rows

@@ -291,6 +291,31 @@ def _known(cached: Mapping[str, Any]) -> dict[tuple[str, float], float]:
     return known
 
 
+def build_run(resolved_config: str | Path) -> tuple[Any, Any]:
+    """``(task, datamodule)`` of a run, built from its recorded config (no loader workers,
+    no logger); the weights are those of a fresh model until :func:`restore_checkpoint`."""
+    from rgbx_fusion.experiment import build
+
+    exp = build([resolved_config], {"data.num_workers": 0, "trainer.logger": False})
+    return exp.task, exp.datamodule
+
+
+def restore_checkpoint(task: Any, datamodule: Any, checkpoint: str | Path) -> None:
+    """Load a checkpoint's weights into ``task`` and its normalisation into ``datamodule``."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt.get(type(datamodule).__qualname__)
+    if isinstance(state, dict):
+        datamodule.load_state_dict(state)
+    task.load_state_dict(ckpt["state_dict"])
+
+
+def load_run(resolved_config: str | Path, checkpoint: str | Path) -> tuple[Any, Any]:
+    """``(task, datamodule)`` of a finished run, holding the weights of ``checkpoint`` (on CPU)."""
+    task, dm = build_run(resolved_config)
+    restore_checkpoint(task, dm, checkpoint)
+    return task, dm
+
+
 @torch.no_grad()
 def evaluate_checkpoint(
     resolved_config: str | Path,
@@ -308,16 +333,9 @@ def evaluate_checkpoint(
     if wanted <= known.keys():
         return sweep(lambda kind, level: math.nan, perturbations, known)
 
-    from rgbx_fusion.experiment import build
     from rgbx_fusion.tasks.metrics import SegmentationMetrics
 
-    exp = build([resolved_config], {"data.num_workers": 0, "trainer.logger": False})
-    model, dm = exp.task, exp.datamodule
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = ckpt.get(type(dm).__qualname__)
-    if isinstance(state, dict):
-        dm.load_state_dict(state)
-    model.load_state_dict(ckpt["state_dict"])
+    model, dm = load_run(resolved_config, checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     metric = SegmentationMetrics(model.num_classes, model.ignore_index).to(device)

@@ -3,20 +3,26 @@
 ``rgbx-fusion compare --config configs/compare/synthetic_depth.yaml`` trains each
 variant of the compare config with every seed (same data, split, augmentation,
 schedule and budget), chooses each run's checkpoint on val, tests it, and writes
-``results.csv``, ``results.md`` and plots into ``--out``.
+``results.csv``, ``results.md``, ``report.html`` and plots into ``--out``. The runs
+train here, in parallel local processes or on SLURM (:mod:`rgbx_fusion.compare.executors`),
+each as one self-contained job (:mod:`rgbx_fusion.compare.jobs`).
 
 Layout of ``--out``::
 
-    runs/<variant>/seed<k>/   Lightning's folder of the run (logs, resolved config)
+    compare.json                          the variants' settings and seeds of this folder
+    runs/<variant>/seed<k>/               Lightning's folder of the run (logs, resolved config)
     runs/<variant>/seed<k>/checkpoints/   best-*.ckpt (chosen on val) and last.ckpt
     runs/<variant>/seed<k>/metrics.json   written atomically when the run has finished
-    results.csv, results.md, runs.csv, miou_vs_gflops.png, per_class_iou.png
+    runs/<variant>/seed<k>/failed.json    the run crashed (error, log); retried by a rerun
+    jobs/                                 submitit's job files and logs (local, slurm)
+    results.csv, results.md, report.html, runs.csv, miou_vs_gflops.png, per_class_iou.png
     robustness.csv, robustness.png        with ``--robustness``
 
 Convention:
-    A run whose ``metrics.json`` exists is done and is never retrained; a run folder
-    without one was interrupted: it continues from its ``last.ckpt`` (Lightning's
-    ``--ckpt_path`` resume) or, without a usable one, is deleted and trained again.
+    A run whose ``metrics.json`` exists is done and is never retrained; any other run
+    is tried again by the next call: it continues from its ``last.ckpt`` (Lightning's
+    ``--ckpt_path`` resume) or, without a usable one, starts again. A folder written by
+    a compare config with other variants, variant settings or seeds is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +39,29 @@ import torch
 from torch import nn
 
 from rgbx_fusion.bench.flops import count_flops, count_parameters
+from rgbx_fusion.compare.executors import (
+    ExecutorSettings,
+    run_local,
+    run_sequential,
+    submit_slurm,
+)
 from rgbx_fusion.compare.grid import CompareConfig, Variant
+from rgbx_fusion.compare.jobs import (
+    BOOKKEEPING,
+    STATES,
+    RunJob,
+    RunState,
+    failure_row,
+    label,
+    read_json,
+    run_state,
+    slurm_states,
+)
 from rgbx_fusion.console import console
 from rgbx_fusion.data.atomic import write_text_atomic
+from rgbx_fusion.errors import ConfigError
 
 RunHook = Callable[[Variant, int, dict[str, Any]], None]
-
-
-def run_dir(out: Path, variant: Variant, seed: int) -> Path:
-    return out / "runs" / variant.name / f"seed{seed}"
 
 
 def describe_network(net: nn.Module) -> dict[str, str]:
@@ -148,21 +169,121 @@ def train_one(
     }
 
 
-def _train_or_resume(
+def train_or_resume(
     config: CompareConfig, variant: Variant, seed: int, folder: Path, speed: bool, resume: bool
 ) -> dict[str, Any]:
-    label = f"{variant.name}/seed{seed}"
+    """Train one run, continuing from its ``last.ckpt`` when an earlier attempt left one."""
+    name = label(variant, seed)
     last = last_checkpoint(folder) if resume and folder.exists() else None
     if last is not None:
-        console.print(f"[yellow]{label}: interrupted, resuming from {last}[/yellow]")
+        console.print(f"[yellow]{name}: interrupted, resuming from {last}[/yellow]")
         try:
             return train_one(config, variant, seed, folder, speed, resume_from=last)
         except (RuntimeError, OSError, EOFError, KeyError) as exc:  # e.g. a truncated file
-            console.print(f"[yellow]{label}: cannot resume ({exc}); restarting[/yellow]")
-    if folder.exists():
-        console.print(f"[yellow]{label}: unfinished run folder, restarting it[/yellow]")
-        shutil.rmtree(folder)
+            console.print(f"[yellow]{name}: cannot resume ({exc}); restarting[/yellow]")
+    leftovers = (
+        [p for p in folder.iterdir() if p.name not in BOOKKEEPING] if folder.exists() else []
+    )
+    if leftovers:
+        console.print(f"[yellow]{name}: unfinished run folder, restarting it[/yellow]")
+        for path in leftovers:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return train_one(config, variant, seed, folder, speed)
+
+
+def manifest(config: CompareConfig) -> dict[str, Any]:
+    """What defines a compare folder: each variant's run arguments and the seeds."""
+    return {
+        "variants": {
+            v.name: [a for a in config.run_args(v, 0) if not a.startswith("--seed_everything=")]
+            for v in config.variants
+        },
+        "seeds": list(config.seeds),
+    }
+
+
+def check_manifest(config: CompareConfig, out: Path) -> None:
+    """Write ``compare.json``, or refuse a folder another compare config wrote.
+
+    Raises:
+        ConfigError: ``out`` holds runs of different variants, variant settings or seeds.
+    """
+    path = out / "compare.json"
+    mine = manifest(config)
+    before = read_json(path)
+    if before is None:
+        if not path.exists() and (out / "runs").is_dir():
+            # A folder from before manifests: check what can be checked, the variant names.
+            found = sorted(p.name for p in (out / "runs").iterdir() if p.is_dir())
+            extra = sorted(set(found) - set(mine["variants"]))
+            if extra:
+                raise ConfigError(_mismatch(out, [f"runs of variants {extra} not in the config"]))
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(mine, indent=2))
+        return
+    problems = []
+    old, new = before.get("variants", {}), mine["variants"]
+    if set(old) - set(new):
+        problems.append(f"variants {sorted(set(old) - set(new))} were removed")
+    if set(new) - set(old):
+        problems.append(f"variants {sorted(set(new) - set(old))} were added")
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    if changed:
+        problems.append(f"the settings of variants {changed} changed")
+    if before.get("seeds") != mine["seeds"]:
+        problems.append(f"seeds {before.get('seeds')} became {mine['seeds']}")
+    if problems:
+        raise ConfigError(_mismatch(out, problems))
+
+
+def _mismatch(out: Path, problems: list[str]) -> str:
+    return (
+        f"{out} was written by a different compare config ({'; '.join(problems)}). Nothing "
+        "was changed: compare into a new folder with --out, or delete this one to start over"
+    )
+
+
+def grid_jobs(config: CompareConfig, out: Path, speed: bool) -> list[RunJob]:
+    return [RunJob(config, v, s, str(out), speed) for v in config.variants for s in config.seeds]
+
+
+def grid_states(jobs: list[RunJob]) -> dict[str, RunState]:
+    """The state of every run of the grid (SLURM runs through one ``sacct`` call)."""
+    records = {job.label: read_json(job.folder / "job.json") for job in jobs}
+    slurm_ids = [str(r["job_id"]) for r in records.values() if r and r.get("executor") == "slurm"]
+    slurm = slurm_states(slurm_ids) if slurm_ids else None
+    return {job.label: run_state(job.folder, slurm) for job in jobs}
+
+
+def print_status(config: CompareConfig, out: Path) -> dict[str, RunState]:
+    """``compare --status``: one line per run, then the count of each state."""
+    from rich.table import Table
+
+    jobs = grid_jobs(config, out, speed=False)
+    states = grid_states(jobs)
+    table = Table(title=f"compare {out}")
+    for column in ("run", "state", "detail"):
+        table.add_column(column)
+    colours = {"done": "green", "failed": "red", "running": "cyan", "queued": "blue"}
+    for name, st in states.items():
+        colour = colours.get(st.state, "yellow")
+        table.add_row(name, f"[{colour}]{st.state}[/{colour}]", st.detail)
+    console.print(table)
+    counts = {k: sum(st.state == k for st in states.values()) for k in STATES}
+    console.print(" · ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return states
+
+
+def wait_for(jobs: list[RunJob], poll_s: float = 5.0) -> dict[str, RunState]:
+    """Poll until no run of ``jobs`` is queued or running; show the counts as they change."""
+    with console.status("waiting for the grid") as status:
+        while True:
+            states = grid_states(jobs)
+            counts = {k: sum(st.state == k for st in states.values()) for k in STATES}
+            status.update(" · ".join(f"{n} {k}" for k, n in counts.items() if n))
+            if not counts["queued"] and not counts["running"]:
+                return states
+            time.sleep(poll_s)
 
 
 def run_compare(
@@ -172,54 +293,97 @@ def run_compare(
     speed: bool = True,
     after_run: RunHook | None = None,
     resume: bool = True,
+    executor: ExecutorSettings | None = None,
+    submit_only: bool = False,
+    gallery: int = 6,
+    poll_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Train what is not done yet, then write the report; return ``{"rows", "trained", ...}``.
+    """Train what is not done yet, then write the report.
 
-    An interrupted run (folder without ``metrics.json``) continues from its ``last.ckpt``
-    when ``resume`` and one loads, else it is deleted and trained from scratch.
-    ``after_run(variant, seed, metrics)`` is called after each newly finished run (a
-    hook for progress reporting, and for tests that simulate an interruption).
+    Returns ``{"trained", "skipped", "failed", "submitted", "rows", ...}`` (run labels).
+    Runs already done are skipped; failed and interrupted ones are tried again (an
+    interrupted run continues from its ``last.ckpt`` when ``resume`` and one loads).
+    Runs queued or running in SLURM from an earlier call are waited for, not submitted
+    again. ``submit_only`` returns once the SLURM array is queued (no report).
+    ``after_run(variant, seed, metrics)`` is called after each run the sequential
+    executor finishes (a hook for progress reporting, and for tests).
     """
+    settings = executor or ExecutorSettings()
+    out = Path(out)
+    check_manifest(config, out)
+    jobs = grid_jobs(config, out, speed)
+    before = grid_states(jobs)
+    skipped = [job.label for job in jobs if before[job.label].state == "done"]
+    active = [job for job in jobs if before[job.label].state in ("queued", "running")]
+    todo = [job for job in jobs if before[job.label].state not in ("done", "queued", "running")]
+    for name in skipped:
+        console.print(f"[dim]{name}: done, skipped[/dim]")
+    for job in active:
+        console.print(f"[dim]{job.label}: {before[job.label].detail}, waiting for it[/dim]")
+    summary: dict[str, Any] = {"skipped": skipped, "submitted": [j.label for j in todo]}
+    jobs_folder = out / "jobs"
+    if settings.kind == "slurm" and submit_only and not todo and not active:
+        console.print("slurm: nothing to submit")
+    if todo and settings.kind == "sequential":
+
+        def after(job: RunJob, result: dict[str, Any] | None) -> None:
+            if result is not None and after_run is not None:
+                after_run(job.variant, job.seed, result)
+
+        run_sequential([replace(job, speed=speed) for job in todo], after)
+    elif todo and settings.kind == "local":
+        run_local(todo, settings.jobs, jobs_folder, poll_s=min(poll_s, 0.5))
+    elif todo and settings.kind == "slurm":
+        submit_slurm(todo, settings.slurm, jobs_folder)
+    if settings.kind == "slurm" and submit_only:
+        console.print(
+            "slurm: queued; `rgbx-fusion compare --config ... --status` shows the runs, "
+            "and `rgbx-fusion compare --config ...` collects them into the report"
+        )
+        return {**summary, "trained": [], "failed": [], "rows": []}
+    states = wait_for(jobs, poll_s) if active or settings.kind == "slurm" else grid_states(jobs)
+    return _collect(config, out, jobs, states, summary, robustness, gallery)
+
+
+def _collect(
+    config: CompareConfig,
+    out: Path,
+    jobs: list[RunJob],
+    states: dict[str, RunState],
+    summary: dict[str, Any],
+    robustness: bool,
+    gallery: int,
+) -> dict[str, Any]:
+    """Read every finished run, report the failed ones, write the report."""
     from rgbx_fusion.compare.report import write_report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [(v, s) for v in config.variants for s in config.seeds]
-    trained: list[str] = []
-    skipped: list[str] = []
-    metrics: list[dict[str, Any]] = []
-    n_var = len(config.variants)
-    for i, (variant, seed) in enumerate(runs, 1):
-        folder = run_dir(out, variant, seed)
-        done = folder / "metrics.json"
-        label = f"{variant.name}/seed{seed}"
-        k = config.variants.index(variant) + 1
-        if done.is_file():
-            console.print(f"[dim][{i}/{len(runs)}] {label}: done, skipped[/dim]")
-            previous = json.loads(done.read_text())
-            recorded = previous.get("overrides")
-            if recorded is not None and recorded != run_args(config, variant, seed, folder):
-                console.print(
-                    f"[yellow]{label}: trained with other settings than the config's now; "
-                    f"delete {folder} to train it again[/yellow]"
-                )
-            metrics.append(previous)
-            skipped.append(label)
-            continue
-        console.rule(
-            f"[bold]run {i}/{len(runs)}[/bold] · variant {k}/{n_var} [cyan]{variant.name}[/cyan]"
-            f" · seed {seed}"
-        )
-        result = _train_or_resume(config, variant, seed, folder, speed, resume)
-        write_text_atomic(done, json.dumps(result, indent=2))
-        metrics.append(result)
-        trained.append(label)
-        if after_run is not None:
-            after_run(variant, seed, result)
-    summary: dict[str, Any] = {"trained": trained, "skipped": skipped}
-    if robustness:
+    metrics = [
+        json.loads((job.folder / "metrics.json").read_text())
+        for job in jobs
+        if states[job.label].state == "done"
+    ]
+    failed = [
+        failure_row(job.variant, job.seed, states[job.label].record or {})
+        for job in jobs
+        if states[job.label].state == "failed"
+    ]
+    unfinished = [job.label for job in jobs if states[job.label].state not in ("done", "failed")]
+    summary["trained"] = [
+        job.label
+        for job in jobs
+        if states[job.label].state == "done" and job.label not in summary["skipped"]
+    ]
+    summary["failed"] = [f"{row['variant']}/seed{row['seed']}" for row in failed]
+    summary["unfinished"] = unfinished
+    for row in failed:
+        name = f"{row['variant']}/seed{row['seed']}"
+        console.print(f"[red]{name} failed: {row['error']} (log: {row['log']})[/red]")
+    for name in unfinished:
+        console.print(f"[yellow]{name}: {states[name].state}; a rerun continues it[/yellow]")
+    if robustness and metrics:
         from rgbx_fusion.compare.robustness import run_robustness
 
         summary["robustness"] = run_robustness(metrics, out)
-    summary["rows"] = write_report(metrics, out)
+    has_any = bool(metrics or failed)
+    summary["rows"] = write_report(metrics, out, failed=failed, gallery=gallery) if has_any else []
     return summary

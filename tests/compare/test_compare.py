@@ -15,8 +15,9 @@ import yaml
 from rgbx_fusion.cli import main
 from rgbx_fusion.cli.compare import parser as compare_parser
 from rgbx_fusion.compare import Variant, load_compare_config, run_compare
+from rgbx_fusion.compare.jobs import run_dir
 from rgbx_fusion.compare.robustness import run_robustness
-from rgbx_fusion.compare.runner import run_dir
+from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.experiment import build
 
 BASE = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
@@ -108,10 +109,10 @@ def test_compare_end_to_end_resumes_after_interruption(
     # A third call trains nothing and rewrites the same report.
     again = run_compare(config, out, speed=False)
     assert again["trained"] == [] and len(again["rows"]) == 2
-    # Changed settings do not retrain finished runs silently: they are reported.
+    # Changed settings are refused: the folder belongs to the config that wrote it.
     changed = replace(config, overrides={**config.overrides, "model.lr": 0.5})
-    assert run_compare(changed, out, speed=False)["trained"] == []
-    assert "trained with other settings" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="settings of variants"):
+        run_compare(changed, out, speed=False)
 
     # Robustness on the trained checkpoints (two levels per perturbation keeps it quick).
     levels = {
@@ -175,13 +176,19 @@ def test_compare_parser_and_main_run_a_finished_compare(
 def test_shipped_compare_configs_validate() -> None:
     configs = sorted((BASE.parents[1] / "compare").glob("*.yaml"))
     assert {c.stem for c in configs} >= {"synthetic_depth", "synthetic_thermal", "synthetic_stages"}
-    for path in (c for c in configs if c.stem != "synthetic_stages"):
+    for path in (c for c in configs if c.stem in ("synthetic_depth", "synthetic_thermal")):
         config = load_compare_config(path)
         names = [v.name for v in config.variants]
         assert {"early", "late", "rgb_only", "aux_only", "mid_cmx"} <= set(names)
         assert {"rig_mid_add", "rig_mid_add_aligned"} <= set(names)
         assert config.seeds == (0,)
         assert config.overrides["trainer.max_epochs"] == 3  # the budget the README's table used
+    for path in (c for c in configs if c.stem.startswith("synthetic_alignment")):
+        config = load_compare_config(path)  # the full recipe: no budget overrides
+        names = [v.name for v in config.variants]
+        assert names == ["registered", "misaligned", "misaligned_correlation"]
+        align = config.run_args(config.variants[2], 0)
+        assert any(str(a).endswith("correlation_align.yaml") for a in align)
 
 
 @pytest.mark.parametrize("name", ["synthetic_depth", "synthetic_thermal"])
