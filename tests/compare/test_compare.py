@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from compare_grids import MID, RGB, write_grid
 
 from rgbx_fusion.cli import main
 from rgbx_fusion.cli.compare import parser as compare_parser
@@ -24,33 +25,7 @@ BASE = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yam
 
 
 def _tiny_compare(root: Path, tmp_path: Path) -> Path:
-    config = {
-        "base": str(BASE),
-        "seeds": [0],
-        "overrides": {
-            "data.dataset.init_args.root": str(root),
-            "data.num_workers": 0,
-            "data.batch_size": 2,
-            "data.train_size": [48, 64],
-            "data.eval_size": [48, 64],
-            "trainer.accelerator": "cpu",
-            "trainer.enable_progress_bar": False,
-            "trainer.max_epochs": 1,
-            "trainer.limit_train_batches": 2,
-            "trainer.limit_val_batches": 1,
-            "trainer.num_sanity_val_steps": 0,
-            # a smaller network than the recipe's: the machine running the tests has 2 cores
-            "model.network.init_args.backbone": "resnet10t",
-            "model.network.init_args.decoder.init_args.channels": 16,
-        },
-        "variants": [
-            {"name": "mid_add", "overrides": {"model.network.init_args.fusion_stage": "mid"}},
-            {"name": "rgb_only", "overrides": {"model.network.init_args.fusion_stage": "rgb_only"}},
-        ],
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_grid(root, tmp_path, [MID, RGB], [0])
 
 
 class Interrupt(RuntimeError):
@@ -183,6 +158,9 @@ def test_shipped_compare_configs_validate() -> None:
         assert {"rig_mid_add", "rig_mid_add_aligned"} <= set(names)
         assert config.seeds == (0,)
         assert config.overrides["trainer.max_epochs"] == 3  # the budget the README's table used
+    nyu = load_compare_config(BASE.parents[1] / "compare" / "nyudv2.yaml")
+    assert len(nyu.variants) == 5 and nyu.seeds == (0, 1, 2)
+    assert nyu.executor.kind == "slurm" and nyu.executor.slurm.gpus_per_task == 1
     for path in (c for c in configs if c.stem.startswith("synthetic_alignment")):
         config = load_compare_config(path)  # the full recipe: no budget overrides
         names = [v.name for v in config.variants]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
+from compare_grids import MID, RGB, write_grid
 from PIL import Image
 
 from rgbx_fusion.compare import load_compare_config, run_compare
@@ -34,38 +34,12 @@ from rgbx_fusion.compare.report import write_report
 from rgbx_fusion.compare.robustness import plot_robustness
 from rgbx_fusion.errors import DatasetError, RGBXError
 
-BASE = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "base.yaml"
 TRAINED = ("mid_add", "rgb_only")
 FAKE = ("fake_big", "fake_small")  # finished runs without a checkpoint: table rows, no gallery
 
 
 def _tiny_config(root: Path, folder: Path) -> Path:
-    config = {
-        "base": str(BASE),
-        "seeds": [0],
-        "overrides": {
-            "data.dataset.init_args.root": str(root),
-            "data.num_workers": 0,
-            "data.batch_size": 2,
-            "data.train_size": [48, 64],
-            "data.eval_size": [48, 64],
-            "trainer.accelerator": "cpu",
-            "trainer.enable_progress_bar": False,
-            "trainer.max_epochs": 1,
-            "trainer.limit_train_batches": 2,
-            "trainer.limit_val_batches": 1,
-            "trainer.num_sanity_val_steps": 0,
-            "model.network.init_args.backbone": "resnet10t",
-            "model.network.init_args.decoder.init_args.channels": 16,
-        },
-        "variants": [
-            {"name": "mid_add", "overrides": {"model.network.init_args.fusion_stage": "mid"}},
-            {"name": "rgb_only", "overrides": {"model.network.init_args.fusion_stage": "rgb_only"}},
-        ],
-    }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_grid(root, folder, [MID, RGB], [0])
 
 
 def _fake(name: str, gflops: float, test: float, classes: list[str]) -> dict[str, Any]:
