@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,3 +27,30 @@ class SignalAtStep(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class PauseAtStep(Callback):
+    """Hold the first run that reaches ``step`` until it is stopped from outside.
+
+    The run writes its root folder into ``marker`` (created exclusively, so only the first
+    run of a grid pauses) and sleeps for up to ``seconds``; a requeued SLURM job
+    (``SLURM_RESTART_COUNT`` > 0) never pauses. Tests preempt the paused run at a known point.
+    """
+
+    def __init__(self, step: int, marker: str, seconds: float = 120.0) -> None:
+        self.step = step
+        self.marker = marker
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.global_step != self.step or os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+            return
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(str(trainer.default_root_dir))
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.1)

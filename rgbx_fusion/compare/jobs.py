@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import traceback
@@ -246,8 +247,22 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     for line in text.splitlines()[1:]:
         job, _, state = line.partition("|")
         if job and "." not in job:
-            found[job] = state.split()[0] if state.split() else "UNKNOWN"
+            word = state.split()[0] if state.split() else "UNKNOWN"
+            found.update(dict.fromkeys(expand_job_ids(job), word))
     return {i: found.get(i, "UNKNOWN") for i in ids}
+
+
+def expand_job_ids(job: str) -> list[str]:
+    """``123_[0-2,5%2]`` (pending array tasks, as sacct groups them) → ``123_0 … 123_5``."""
+    match = re.fullmatch(r"(\d+)_\[([\d,-]+)(?:%\d+)?\]", job)
+    if match is None:
+        return [job]
+    ids = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit():
+            ids += [f"{match.group(1)}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
 
 
 def slurm_log(job: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from rgbx_fusion.compare.executors import (
     slurm_parameters,
     with_cli,
 )
-from rgbx_fusion.compare.jobs import run_dir, run_state
+from rgbx_fusion.compare.jobs import expand_job_ids, run_dir, run_state
 from rgbx_fusion.compare.runner import print_status
 from rgbx_fusion.errors import ConfigError
 
@@ -164,6 +164,8 @@ def test_executor_options_and_their_errors(
     assert params["additional_parameters"] == {"constraint": "a100"}
     assert slurm_parameters(SlurmOptions(gpus_per_task=1))["gpus_per_task"] == 1
     assert (minutes("2-01:30:00"), minutes("45:00"), minutes(30)) == (2970, 45, 30)
+    assert expand_job_ids("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert expand_job_ids("12_4") == ["12_4"]
     for bad, match in (
         ({"kind": "ray"}, "unknown executor 'ray'"),
         ({"kind": "slurm", "slurm": {"partitions": "gpu"}}, "unknown SLURM options"),
