@@ -162,6 +162,17 @@ def test_executor_options_and_their_errors(
     assert params["time"] == 90 and params["partition"] == "gpu"
     assert params["ntasks_per_node"] == 2 and params["gpus_per_task"] == 1  # one task per GPU
     assert params["additional_parameters"] == {"constraint": "a100"}
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="true", folder=tmp_path / "%j", **params)
+    for line in (
+        "ntasks-per-node=2",
+        "gpus-per-task=1",
+        "partition=gpu",
+        "time=90",
+        "constraint=a100",
+    ):
+        assert f"#SBATCH --{line}" in script
     assert slurm_parameters(SlurmOptions(gpus_per_task=1))["gpus_per_task"] == 1
     assert (minutes("2-01:30:00"), minutes("45:00"), minutes(30)) == (2970, 45, 30)
     assert expand_job_ids("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
