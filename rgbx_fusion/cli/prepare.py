@@ -1,8 +1,8 @@
 """``rgbx-fusion prepare``: write a dataset in the toolkit's on-disk layout.
 
 ``prepare synthetic`` renders the embedded RGB-D / RGB-T scenes (optionally with a
-known misregistration of the aux camera); ``prepare nyudv2`` converts the official
-NYU Depth v2 ``.mat`` files to the SA-Gate layout.
+known misregistration of the aux camera) or RGB + depth + thermal of the same scenes;
+``prepare nyudv2`` converts the official NYU Depth v2 ``.mat`` files to the SA-Gate layout.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ def parser() -> argparse.ArgumentParser:
     )
     syn.add_argument("--root", default="datasets/synthetic", help="output folder")
     syn.add_argument(
-        "--modality", choices=("depth", "thermal"), default="depth", help="the aux image"
+        "--modality",
+        type=_modalities,
+        default="depth",
+        metavar="MODALITY[,MODALITY]",
+        help="the aux image: depth, thermal, or depth,thermal for both of the same scenes "
+        "(RGB + depth + thermal, classes that only the three together separate)",
     )
     syn.add_argument("--seed", type=int, default=0, help="seed of the scenes and the split")
     syn.add_argument("--num-train", type=int, default=600, help="frames in the train split")
@@ -63,6 +68,18 @@ def parser() -> argparse.ArgumentParser:
     nyu.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     nyu.set_defaults(func=_nyudv2)
     return p
+
+
+def _modalities(text: str) -> str:
+    """``--modality``: one aux modality or a comma list of them (checked by SyntheticSpec)."""
+    names = [m.strip() for m in text.split(",")]
+    if (
+        not names
+        or any(m not in ("depth", "thermal") for m in names)
+        or len(set(names)) < len(names)
+    ):
+        raise argparse.ArgumentTypeError(f"expected depth, thermal or depth,thermal, got {text!r}")
+    return ",".join(names)
 
 
 def run(argv: Sequence[str]) -> int:
