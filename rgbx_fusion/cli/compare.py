@@ -77,21 +77,28 @@ def parser() -> argparse.ArgumentParser:
         help="slurm: return once the job array is queued; a later compare collects it",
     )
     slurm = p.add_argument_group("SLURM options (--executor slurm; override the config's)")
-    slurm.add_argument("--slurm.partition", dest="partition", default=None)
+    slurm.add_argument("--slurm.partition", dest="partition", default=None, help="partition")
     slurm.add_argument(
         "--slurm.time", dest="time", default=None, help="minutes or [D-]HH:MM[:SS] per job"
     )
-    slurm.add_argument("--slurm.gpus_per_task", dest="gpus_per_task", type=_positive)
-    slurm.add_argument("--slurm.cpus_per_task", dest="cpus_per_task", type=_positive)
+    slurm.add_argument(
+        "--slurm.gpus-per-task",
+        dest="gpus_per_task",
+        type=_positive,
+        help="GPUs per run (above 1: one task per GPU, DDP; set trainer.devices)",
+    )
+    slurm.add_argument(
+        "--slurm.cpus-per-task", dest="cpus_per_task", type=_positive, help="CPU cores per task"
+    )
     slurm.add_argument("--slurm.mem", dest="mem", default=None, help="memory per job, e.g. 64G")
     slurm.add_argument(
-        "--slurm.array_parallelism",
+        "--slurm.array-parallelism",
         dest="array_parallelism",
         type=_positive,
         help="runs of the array at once",
     )
-    slurm.add_argument("--slurm.account", dest="account", default=None)
-    slurm.add_argument("--slurm.qos", dest="qos", default=None)
+    slurm.add_argument("--slurm.account", dest="account", default=None, help="account to charge")
+    slurm.add_argument("--slurm.qos", dest="qos", default=None, help="quality of service")
     slurm.add_argument(
         "--slurm.additional",
         dest="additional",
