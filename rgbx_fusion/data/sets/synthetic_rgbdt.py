@@ -53,9 +53,8 @@ from rgbx_fusion.data.sets.synthetic_scene import (
     _ellipse,
     _place,
     _ray_box,
-    _rotation,
     _texture,
-    scaled_intrinsics,
+    cast_room,
     sensor_depth,
 )
 
@@ -122,23 +121,9 @@ class _Scene:
 
 def _cast_room(rng: np.random.Generator, height: int, width: int) -> _Scene:
     """Ray-cast floor, walls, cabinets and boxes with their colour and temperature."""
-    k = scaled_intrinsics(height, width)
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    rays_c = np.stack([(u + 0.5 - k[0, 2]) / k[0, 0], (v + 0.5 - k[1, 2]) / k[1, 1]], -1)
-    rays_c = np.concatenate([rays_c, np.ones_like(rays_c[..., :1])], -1).reshape(-1, 3)
-    rays = rays_c @ _rotation(rng.uniform(-0.35, -0.08), rng.uniform(-0.35, 0.35)).T
-    cam_h, back, half_w = rng.uniform(1.1, 1.6), rng.uniform(3.5, 6.0), rng.uniform(2.0, 3.5)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_floor = np.where(rays[:, 1] > 0, cam_h / rays[:, 1], np.inf)
-        t_back = np.where(rays[:, 2] > 0, back / rays[:, 2], np.inf)
-        t_side = np.where(rays[:, 0] != 0, half_w / np.abs(rays[:, 0]), np.inf)
-        t_ceil = np.where(rays[:, 1] < 0, (2.7 - cam_h) / -rays[:, 1], np.inf)
-    t_wall = np.minimum(np.minimum(t_back, t_side), t_ceil)
-    depth = np.minimum(t_floor, t_wall)
-    labels = np.where(t_floor < t_wall, 0, 1).astype(np.uint8)
-    floor_col, wall_col = rng.uniform([0.45, 0.3, 0.15], [0.7, 0.5, 0.3]), rng.uniform(0.6, 0.9, 3)
-    albedo = np.where(labels[:, None] == 0, floor_col, wall_col)
-    shade = np.where(labels == 0, 0.9, np.where(t_side < t_back, 0.75, 1.0))
+    room = cast_room(rng, height, width)
+    k, rays, cam_h, back, half_w = room.k, room.rays, room.cam_h, room.back, room.half_w
+    depth, labels, albedo, shade = room.depth, room.labels, room.albedo, room.shade
     ambient = float(0.35 + 0.05 * rng.standard_normal())
     temp = np.where(labels == 0, ambient - 0.04, ambient + 0.03)
     excess = np.zeros_like(temp)

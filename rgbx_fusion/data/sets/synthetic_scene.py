@@ -134,10 +134,26 @@ def _place(
     return None
 
 
-def render_room(
-    rng: np.random.Generator, height: int, width: int
-) -> tuple[F32, F32, npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
-    """Ray-cast floor, walls and cabinets → (albedo·shading H×W×3, depth H×W, labels, K)."""
+@dataclass
+class Room:
+    """The empty room seen from one camera: rays, distances to its surfaces, labels
+    (0 floor, 1 wall) and shaded albedo, before any object is placed."""
+
+    k: npt.NDArray[np.float64]
+    rays: npt.NDArray[np.float64]
+    cam_h: float
+    back: float
+    half_w: float
+    t_side: npt.NDArray[np.float64]
+    t_back: npt.NDArray[np.float64]
+    depth: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.uint8]
+    albedo: npt.NDArray[np.float64]
+    shade: npt.NDArray[np.float64]
+
+
+def cast_room(rng: np.random.Generator, height: int, width: int) -> Room:
+    """Ray-cast floor, back and side walls and ceiling from a random camera pose."""
     k = scaled_intrinsics(height, width)
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
     rays_c = np.stack([(u + 0.5 - k[0, 2]) / k[0, 0], (v + 0.5 - k[1, 2]) / k[1, 1]], -1)
@@ -156,6 +172,16 @@ def render_room(
     floor_col, wall_col = rng.uniform([0.45, 0.3, 0.15], [0.7, 0.5, 0.3]), rng.uniform(0.6, 0.9, 3)
     albedo = np.where(labels[:, None] == 0, floor_col, wall_col)
     shade = np.where(labels == 0, 0.9, np.where(t_side < t_back, 0.75, 1.0))
+    return Room(k, rays, cam_h, back, half_w, t_side, t_back, depth, labels, albedo, shade)
+
+
+def render_room(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[F32, F32, npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """Ray-cast floor, walls and cabinets → (albedo·shading H×W×3, depth H×W, labels, K)."""
+    room = cast_room(rng, height, width)
+    k, rays, cam_h, back, half_w = room.k, room.rays, room.cam_h, room.back, room.half_w
+    depth, labels, albedo, shade = room.depth, room.labels, room.albedo, room.shade
     for _ in range(int(rng.integers(0, 3))):
         size = rng.uniform([0.5, 0.5, 0.4], [1.2, 1.0, 0.8])
         cx, cz = rng.uniform(-half_w + 0.6, half_w - 0.6), rng.uniform(2.0, back - 0.5)
