@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgbx_fusion.errors import ConfigError
-from rgbx_fusion.models.align.base import AlignBase
+from rgbx_fusion.models.align.base import aligner_losses
 from rgbx_fusion.models.decoders.fpn import FPNDecoder
 from rgbx_fusion.models.encoders import DualEncoder, weights_file_kwargs
 from rgbx_fusion.models.fusion.simple import AddFusion
@@ -198,13 +198,7 @@ class RGBXSegmenter(nn.Module):
 
     def regularization(self) -> dict[str, Tensor]:
         """Regularisation losses exposed by the aligners in the last forward pass."""
-        losses: dict[str, Tensor] = {}
-        for name, module in self.named_modules():
-            if isinstance(module, AlignBase):
-                reg = module.regularization()
-                if reg is not None:
-                    losses[f"align/{name or 'input'}"] = reg
-        return losses
+        return aligner_losses(self)
 
 
 def check_options(

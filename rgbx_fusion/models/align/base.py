@@ -70,3 +70,15 @@ class IdentityAlign(AlignBase):
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
         return x_rgb, x_aux
+
+
+def aligner_losses(net: nn.Module) -> dict[str, Tensor]:
+    """The regularisation losses every aligner inside ``net`` exposed in the last forward
+    pass, keyed ``align/<module name>`` (``align/input`` for ``net`` itself)."""
+    losses: dict[str, Tensor] = {}
+    for name, module in net.named_modules():
+        if isinstance(module, AlignBase):
+            reg = module.regularization()
+            if reg is not None:
+                losses[f"align/{name or 'input'}"] = reg
+    return losses
