@@ -59,7 +59,7 @@ from rgbx_fusion.tasks.segmentation import SegmentationTask
 
 STAGES = ("fit", "validate", "test", "predict")
 Overrides = Sequence[str] | Mapping[str, Any]
-LINKED = ("num_classes", "aux_channels", "ignore_index", "class_names")
+LINKED = ("num_classes", "aux_channels", "ignore_index", "class_names", "modalities")
 
 
 class RGBXArgumentParser(LightningArgumentParser):

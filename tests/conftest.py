@@ -50,6 +50,16 @@ def tiny_thermal_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_synthetic(root, spec, workers=1, progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_rgbdt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RGB, depth and thermal of the same 8/2/2 synthetic frames at 60×80."""
+    root = tmp_path_factory.mktemp("synthetic_rgbdt")
+    spec = SyntheticSpec(
+        modality="depth,thermal", num_train=8, num_val=2, num_test=2, height=60, width=80
+    )
+    return prepare_synthetic(root, spec, workers=1, progress=False)
+
+
 @pytest.fixture()
 def nyu_sample() -> Path:
     """The real NYU Depth v2 frame in ../shared/real-samples (skip when absent)."""

@@ -9,11 +9,13 @@ variants are parsed with the same layers.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import torch
 from cli_overrides import run_stage, small_cli_args
 
 from rgbx_fusion.compare.grid import load_compare_config
@@ -104,7 +106,11 @@ def test_one_yaml_style(path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_runs_fast_dev_run(
-    name: str, tiny_depth_root: Path, tiny_thermal_root: Path, tmp_path: Path
+    name: str,
+    tiny_depth_root: Path,
+    tiny_thermal_root: Path,
+    tiny_rgbdt_root: Path,
+    tmp_path: Path,
 ) -> None:
     stack = RECIPES[name]
     config = resolve(stack)
@@ -118,8 +124,18 @@ def test_every_recipe_runs_fast_dev_run(
         ]
         if config.get("model.network.init_args.backbone_weights") is not None:
             extra.append("--model.network.init_args.backbone_weights=null")
-    thermal = config.get("data.dataset.init_args.modality") == "thermal"
-    root = tiny_thermal_root if thermal else tiny_depth_root
+    modality = config.get("data.dataset.init_args.modality")
+    roots = {"thermal": tiny_thermal_root, "depth,thermal": tiny_rgbdt_root}
+    root = roots.get(modality, tiny_depth_root)
+    if config.get("model.network.init_args.input_align.init_args.checkpoint"):
+        # a trained aligner's checkpoint: here an untrained one with the recipe's settings
+        align = config["model.network.init_args.input_align"]
+        module, _, cls = align.class_path.rpartition(".")
+        factory = getattr(importlib.import_module(module), cls)
+        weights = tmp_path / "aligner.pt"
+        init = {k: v for k, v in align.init_args.items() if k not in ("checkpoint", "freeze")}
+        torch.save(factory(3, 1, **init).state_dict(), weights)
+        extra.append(f"--model.network.init_args.input_align.init_args.checkpoint={weights}")
     layers = [arg for layer in stack for arg in ("--config", str(layer))]
     run_stage(
         ["fit", *layers, *extra, *small_cli_args(root, tmp_path), "--trainer.fast_dev_run=true"]

@@ -137,6 +137,13 @@ class RGBXDataModule(pl.LightningDataModule):
         return int(getattr(self._probe, "aux_channels", 1))
 
     @property
+    def modalities(self) -> dict[str, int] | None:
+        """Name → channels of each aux modality of a multi-modality dataset (``None`` for
+        one aux image: the network takes ``aux_channels``)."""
+        found = getattr(self._probe, "modalities", None)
+        return {str(k): int(v) for k, v in found.items()} if found else None
+
+    @property
     def palette(self) -> list[tuple[int, int, int]]:
         return [(int(c[0]), int(c[1]), int(c[2])) for c in self._probe.palette]
 
@@ -169,7 +176,8 @@ class RGBXDataModule(pl.LightningDataModule):
                 f"[dim]aux normalisation estimated from training data: mean={_fmt(self.aux_mean)} "
                 f"std={_fmt(self.aux_std)}[/dim]"
             )
-        return Normalizer(self.rgb_mean, self.rgb_std, self.aux_mean, self.aux_std)
+        groups = list(self.modalities.values()) if self.modalities else None
+        return Normalizer(self.rgb_mean, self.rgb_std, self.aux_mean, self.aux_std, groups)
 
     def state_dict(self) -> dict[str, Any]:
         loader = self._train_loader

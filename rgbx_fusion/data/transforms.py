@@ -89,7 +89,9 @@ class Normalizer:
     Convention:
         rgb → float in [0, 1], then ``(x - rgb_mean) / rgb_std``. aux → ``(x -
         aux_mean) / aux_std`` on valid pixels; missing pixels (aux == 0 in every
-        channel) stay exactly 0 so the network sees one unambiguous value.
+        channel) stay exactly 0 so the network sees one unambiguous value. With
+        ``aux_groups`` (the channel count of each modality of a multi-modality
+        dataset) "every channel" is every channel of that pixel's modality.
     """
 
     def __init__(
@@ -98,7 +100,9 @@ class Normalizer:
         rgb_std: Sequence[float] = IMAGENET_STD,
         aux_mean: Sequence[float] = (0.0,),
         aux_std: Sequence[float] = (1.0,),
+        aux_groups: Sequence[int] | None = None,
     ) -> None:
+        self.aux_groups = list(aux_groups) if aux_groups else None
         self.rgb_mean = torch.tensor(rgb_mean, dtype=torch.float32).view(-1, 1, 1)
         self.rgb_std = torch.tensor(rgb_std, dtype=torch.float32).view(-1, 1, 1)
         self.aux_mean = torch.tensor(aux_mean, dtype=torch.float32).view(-1, 1, 1)
@@ -108,7 +112,15 @@ class Normalizer:
         rgb = torch.from_numpy(np.ascontiguousarray(sample["rgb"])).permute(2, 0, 1).float() / 255
         aux = torch.from_numpy(np.ascontiguousarray(sample["aux"], dtype=np.float32))
         aux = aux.permute(2, 0, 1)
-        valid = (aux != 0).any(dim=0, keepdim=True)
+        if self.aux_groups is None:
+            valid = (aux != 0).any(dim=0, keepdim=True)
+        else:
+            valid = torch.cat(
+                [
+                    (part != 0).any(dim=0, keepdim=True).expand_as(part)
+                    for part in aux.split(self.aux_groups, dim=0)
+                ]
+            )
         aux = torch.where(valid, (aux - self.aux_mean) / self.aux_std, torch.zeros_like(aux))
         return {
             "rgb": (rgb - self.rgb_mean) / self.rgb_std,

@@ -26,9 +26,10 @@ from rgbx_fusion.tasks.guards import (
 from rgbx_fusion.tasks.metrics import SegmentationMetrics, iou_table
 from rgbx_fusion.tasks.optim import adamw
 
-#: Builds the network: ``network(num_classes, aux_channels)``. In configs this is a
-#: ``class_path`` (default :class:`RGBXSegmenter`) whose first two parameters are
-#: filled from the data.
+#: Builds the network: ``network(num_classes, aux_channels)``, or for a multi-modality
+#: dataset ``network(num_classes, modalities)`` (a ``MultiModalSegmenter``). In configs
+#: this is a ``class_path`` (default :class:`RGBXSegmenter`) whose first two parameters
+#: are filled from the data.
 NetworkFactory = Callable[[int, int], nn.Module]
 
 
@@ -45,7 +46,8 @@ class SegmentationTask(pl.LightningModule):
 
     Args:
         network: factory of the network (see :data:`NetworkFactory`).
-        num_classes, aux_channels, ignore_index, class_names: linked from the data.
+        num_classes, aux_channels, ignore_index, class_names, modalities: linked from the
+            data (``modalities``: name → channels of a multi-modality dataset, else None).
         lr: peak learning rate. weight_decay: AdamW weight decay.
         warmup_fraction: share of the total steps spent warming up.
         poly_power: exponent of the poly decay.
@@ -90,6 +92,7 @@ class SegmentationTask(pl.LightningModule):
         nonfinite: Literal["stop", "skip", "off"] = "stop",
         channels_last: bool = False,
         compile: bool = False,
+        modalities: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         # A network *factory* is not data: an experiment built from a config records the
@@ -100,7 +103,10 @@ class SegmentationTask(pl.LightningModule):
                 f"{len(class_names)} class names for num_classes={num_classes}; "
                 "link both from the data"
             )
-        self.net = network(num_classes, aux_channels)
+        if modalities:
+            self.net = network(num_classes, modalities)  # type: ignore[arg-type]
+        else:
+            self.net = network(num_classes, aux_channels)
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -140,11 +146,13 @@ class SegmentationTask(pl.LightningModule):
         assert isinstance(metric, SegmentationMetrics)
         return metric
 
-    def forward(self, rgb: Tensor, aux: Tensor) -> Tensor:
+    def forward(self, rgb: Tensor, aux: Tensor, present: Tensor | None = None) -> Tensor:
+        """``present``: (B, M) which modalities a multi-modality batch holds (its network
+        skips the others); ``None`` for one aux image, or all present."""
         if self.channels_last:
             rgb = rgb.contiguous(memory_format=torch.channels_last)
             aux = aux.contiguous(memory_format=torch.channels_last)
-        out: Tensor = self.net(rgb, aux)
+        out: Tensor = self.net(rgb, aux) if present is None else self.net(rgb, aux, present)
         return out
 
     def _loss(self, logits: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -168,7 +176,7 @@ class SegmentationTask(pl.LightningModule):
         return total, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch["rgb"], batch["aux"])
+        logits = self(batch["rgb"], batch["aux"], batch.get("present"))
         loss, parts = self._loss(logits, batch["mask"])
         bs = batch["rgb"].shape[0]
         if self.nonfinite != "off":  # checked before the optimizer step, without a sync here
@@ -186,7 +194,7 @@ class SegmentationTask(pl.LightningModule):
         if split == "test" and (self.test_scales != (1.0,) or self.test_flip):
             self._augmented_test_step(batch)
             return
-        logits = self(batch["rgb"], batch["aux"])
+        logits = self(batch["rgb"], batch["aux"], batch.get("present"))
         loss, _ = self._loss(logits, batch["mask"])
         self.log(f"{split}/loss", loss, batch_size=batch["rgb"].shape[0], sync_dist=True)
         self.metric(split).update(logits.argmax(1), batch["mask"])
@@ -207,7 +215,7 @@ class SegmentationTask(pl.LightningModule):
         self._eval_step("test", batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        logits = self(batch["rgb"], batch["aux"])
+        logits = self(batch["rgb"], batch["aux"], batch.get("present"))
         return {"pred": logits.argmax(1), "meta": batch["meta"], "rgb": batch["rgb"]}
 
     def _eval_epoch_end(self, split: str) -> None:

@@ -119,7 +119,11 @@ class FolderRGBX(Dataset[Sample]):
     Args:
         split: name of the split file in ``root/splits`` (``train``, ``val``, ``test``...).
         root: dataset root folder.
-        modality: ``"depth"`` or ``"thermal"``; names the aux folder.
+        modality: ``"depth"`` or ``"thermal"``; names the aux folder. Several,
+            comma-separated (``"depth,thermal"``), make a multi-modality dataset: ``aux``
+            holds one channel per modality in that order, ``modalities`` names them, and
+            ``meta["present"]`` says which were read for the sample (a modality that
+            ``dataset.json`` declares ``optional`` may lack files: absent, zeros).
         depth_format: on-disk depth encoding (see :mod:`rgbx_fusion.data.depth`);
             ``None`` takes it from ``dataset.json``. Ignored for thermal.
         classes: class names; ``None`` takes them from ``dataset.json``.
@@ -148,9 +152,14 @@ class FolderRGBX(Dataset[Sample]):
     ) -> None:
         self.root = Path(root)
         self.split = split
-        if modality not in MODALITIES:
-            raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        kinds = tuple(m.strip() for m in modality.split(","))
+        if any(m not in MODALITIES for m in kinds) or len(set(kinds)) != len(kinds):
+            raise ConfigError(
+                f"modality must be one of {MODALITIES} or several of them comma-separated, "
+                f"each once; got {modality!r}"
+            )
         self.modality = modality
+        self.aux_kinds = kinds
         info = read_json_object(self.root / "dataset.json")
         self.sample_meta: dict[str, Any] = read_json_object(self.root / "meta.json")
         names = classes if classes is not None else info.get("classes")
@@ -163,39 +172,54 @@ class FolderRGBX(Dataset[Sample]):
         self.palette = tuple(tuple(c) for c in pal) if pal else _default_palette(len(self.classes))
         self.ignore_index = int(info.get("ignore_index", ignore_index))
         self.depth_format = depth_format or info.get("depth_format")
-        if modality == "depth" and self.depth_format not in DEPTH_FORMATS:
+        if "depth" in kinds and self.depth_format not in DEPTH_FORMATS:
             raise ConfigError(
                 f"{self.root}: depth_format must be one of {DEPTH_FORMATS} (found "
                 f"{self.depth_format!r}); set data.dataset.init_args.depth_format"
             )
         self.camera_k = info.get("K")
         self.rig = DeclaredTransform.load(self.root / "dataset.json", info, aux_from_rgb)
-        self.aux_channels = 1
+        if self.rig is not None and len(kinds) > 1:
+            raise ConfigError(
+                f"{self.root / 'dataset.json'}: a declared aux_from_rgb with several aux "
+                f"modalities ({modality}) is not supported; register them onto RGB first"
+            )
+        self.aux_channels = len(kinds)
+        if len(kinds) > 1:
+            self.modalities = dict.fromkeys(kinds, 1)
+        found = info.get("modalities")
+        declared: dict[str, Any] = found if isinstance(found, dict) else {}
+        self.optional = {
+            m for m in kinds if isinstance(declared.get(m), dict) and declared[m].get("optional")
+        }
         self.names = read_split(self.root / "splits" / f"{split}.txt")
         self.files = self._resolve_files()
 
+    def _extensions(self, kind: str) -> tuple[str, ...]:
+        if kind == "depth":
+            return (".npy",) if self.depth_format == "npy_m" else (".png",)
+        return _EXTENSIONS[kind]
+
     def _resolve_files(self) -> list[dict[str, Path]]:
-        aux_ext: tuple[str, ...]
-        if self.modality == "depth":
-            aux_ext = (".npy",) if self.depth_format == "npy_m" else (".png",)
+        folders = {"rgb": "rgb", "labels": "labels"}
+        if len(self.aux_kinds) == 1:
+            folders["aux"] = self.aux_kinds[0]
         else:
-            aux_ext = _EXTENSIONS["thermal"]
-        index = {
-            "rgb": _index_folder(self.root / "rgb", _EXTENSIONS["rgb"]),
-            "aux": _index_folder(self.root / self.modality, aux_ext),
-            "labels": _index_folder(self.root / "labels", _EXTENSIONS["labels"]),
-        }
+            folders.update({f"aux:{m}": m for m in self.aux_kinds})
+        exts = {k: self._extensions(v) for k, v in folders.items()}
+        index = {k: _index_folder(self.root / v, exts[k]) for k, v in folders.items()}
         split_file = self.root / "splits" / f"{self.split}.txt"
         files = []
         for name in self.names:
             entry = {}
             for key, found in index.items():
+                if name not in found and folders[key] in self.optional:
+                    continue  # an optional modality without this frame: absent
                 if name not in found:
-                    folder = self.root / (self.modality if key == "aux" else key)
-                    exts = aux_ext if key == "aux" else _EXTENSIONS[key]
+                    folder = self.root / folders[key]
                     raise MissingFileError(
                         folder / name,
-                        f"a file listed in {split_file} (extensions {exts})",
+                        f"a file listed in {split_file} (extensions {exts[key]})",
                         "no such file",
                     )
                 entry[key] = found[name]
@@ -205,15 +229,37 @@ class FolderRGBX(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.names)
 
-    def read_aux(self, path: Path) -> npt.NDArray[np.float32]:
-        if self.modality == "depth":
+    def read_aux(self, path: Path, kind: str | None = None) -> npt.NDArray[np.float32]:
+        if (kind or self.modality) == "depth":
             assert self.depth_format is not None
             return decode_depth(path, self.depth_format)
         return read_thermal(path)
 
+    def _read_modalities(
+        self, files: dict[str, Path], size: tuple[int, ...]
+    ) -> tuple[npt.NDArray[np.float32], list[bool]]:
+        """Every aux modality of a multi-modality sample, stacked (H×W×M), and which were read."""
+        planes, present = [], []
+        for kind in self.aux_kinds:
+            path = files.get(f"aux:{kind}")
+            plane = np.zeros(size[:2], np.float32) if path is None else self.read_aux(path, kind)
+            if plane.shape[:2] != size[:2]:
+                assert path is not None
+                raise ShapeMismatchError(
+                    path,
+                    f"the size of {files['rgb'].name} ({size[0]}×{size[1]})",
+                    f"{plane.shape[0]}×{plane.shape[1]}",
+                    _UNREGISTERED_FIX,
+                )
+            planes.append(plane)
+            present.append(path is not None)
+        return np.stack(planes, axis=-1), present
+
     def __getitem__(self, index: int) -> Sample:
         files = self.files[index]
         rgb = read_rgb(files["rgb"])
+        if len(self.aux_kinds) > 1:
+            return self._multi_sample(index, files, rgb)
         aux = self.read_aux(files["aux"])
         if self.rig is not None:
             aux = self.rig.resample(aux, rgb.shape[:2], self.modality)
@@ -226,13 +272,31 @@ class FolderRGBX(Dataset[Sample]):
                     f"{arr.shape[0]}×{arr.shape[1]}",
                     _UNREGISTERED_FIX if key == "aux" else "",
                 )
+        meta = self._meta(index)
+        if self.rig is not None:
+            meta = self.rig.adjust_meta(meta)
+        return Sample(rgb=rgb, aux=aux[..., None], mask=mask, meta=meta)
+
+    def _meta(self, index: int) -> dict[str, Any]:
         name = self.names[index]
         meta: dict[str, Any] = {"name": name, **self.sample_meta.get(name, {})}
         if "K" not in meta and self.camera_k is not None:
             meta["K"] = self.camera_k
-        if self.rig is not None:
-            meta = self.rig.adjust_meta(meta)
-        return Sample(rgb=rgb, aux=aux[..., None], mask=mask, meta=meta)
+        return meta
+
+    def _multi_sample(
+        self, index: int, files: dict[str, Path], rgb: npt.NDArray[np.uint8]
+    ) -> Sample:
+        aux, present = self._read_modalities(files, rgb.shape)
+        mask = read_label(files["labels"], len(self.classes), self.ignore_index)
+        if mask.shape[:2] != rgb.shape[:2]:
+            raise ShapeMismatchError(
+                files["labels"],
+                f"the size of {files['rgb'].name} ({rgb.shape[0]}×{rgb.shape[1]})",
+                f"{mask.shape[0]}×{mask.shape[1]}",
+            )
+        meta = {**self._meta(index), "present": present}
+        return Sample(rgb=rgb, aux=aux, mask=mask, meta=meta)
 
 
 def _default_palette(n: int) -> tuple[tuple[int, int, int], ...]:

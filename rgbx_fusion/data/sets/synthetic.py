@@ -291,7 +291,8 @@ class SyntheticRGBX(FolderRGBX):
             )
         info_path = Path(root) / "dataset.json"
         declared = declared_modalities(read_json_object(info_path))
-        if declared and modality not in declared:
+        wanted = [m.strip() for m in modality.split(",")]
+        if declared and any(m not in declared for m in wanted):
             raise DatasetError(
                 info_path,
                 f"the aux modality {modality!r} (data.dataset.init_args.modality) among the "

@@ -49,6 +49,22 @@ def check_named(option: Any, modalities: Mapping[str, int], what: str) -> None:
             )
 
 
+def split_aux(modalities: Mapping[str, int], aux: Tensor) -> dict[str, Tensor]:
+    """A (B, ΣC, H, W) tensor of every modality's channels, concatenated in the declared
+    order (the data module's batches), → the dict ``forward`` takes.
+
+    Raises:
+        ConfigError: the channel count is not the declared total.
+    """
+    total = sum(modalities.values())
+    if aux.dim() != 4 or aux.shape[1] != total:
+        raise ConfigError(
+            f"aux as one tensor must be (B, {total}, H, W): the channels of "
+            f"{dict(modalities)} in that order, got {tuple(aux.shape)}"
+        )
+    return dict(zip(modalities, aux.split(list(modalities.values()), dim=1), strict=True))
+
+
 def check_inputs(
     modalities: Mapping[str, int],
     rgb: Tensor,

@@ -33,6 +33,7 @@ from rgbx_fusion.models.multimodal.inputs import (
     check_inputs,
     check_modalities,
     check_named,
+    split_aux,
 )
 from rgbx_fusion.models.multimodal.late import AuxBranches, MultiLateFusion, MultiLateMode
 from rgbx_fusion.models.multimodal.streams import (
@@ -229,8 +230,10 @@ class MultiModalSegmenter(nn.Module):
         self.head = classifier_head(self.decoder, self.num_classes, dropout)
 
     def forward(
-        self, rgb: Tensor, aux: Mapping[str, Tensor], present: Tensor | None = None
+        self, rgb: Tensor, aux: Mapping[str, Tensor] | Tensor, present: Tensor | None = None
     ) -> Tensor:
+        if isinstance(aux, Tensor):  # the data module's (B, ΣC, H, W) in the declared order
+            aux = split_aux(self.modalities, aux)
         present = check_inputs(self.modalities, rgb, aux, present)
         if present is not None:  # absent values are never read, not even by BatchNorm
             aux = {n: drop_absent(aux[n], present[:, j]) for j, n in enumerate(self.names)}
