@@ -1,10 +1,11 @@
 """The SLURM executor end to end, on stand-in ``sbatch``/``srun``/``sacct``/``squeue``/
 ``scancel``/``scontrol`` (tests/fake_slurm) that run the array tasks on this machine.
 
-A 3 variant × 2 seed grid is queued with ``submit_only``; one run is held at step 2 and
-preempted there (SIGTERM, then submitit's USR2: it is requeued and resumes from its
-``last.ckpt``); one variant fails. A later ``compare`` collects 4 finished and 2 failed
-runs; a rerun submits the failed variant only.
+A 3 variant × 1 seed grid (× 2 seeds in the ``slow`` run) is queued with
+``submit_only``; one run is held at step 2 and preempted there (SIGTERM, then
+submitit's USR2: it is requeued and resumes from its ``last.ckpt``); one variant fails.
+A later ``compare`` collects the finished and the failed runs (4 and 2 for 3 × 2); a
+rerun submits the failed variant only.
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ def _restarts(state: Path, job_id: str) -> int:
     return int(record["restart_count"])
 
 
+@pytest.mark.parametrize(
+    "seeds",
+    [pytest.param([0], id="3x1"), pytest.param([0, 1], id="3x2", marks=pytest.mark.slow)],
+)
 def test_slurm_grid_with_a_preemption_and_a_failing_variant(
-    fake_slurm: Path, tiny_depth_root: Path, tmp_path: Path
+    seeds: list[int], fake_slurm: Path, tiny_depth_root: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "paused"
     pause = {
@@ -75,16 +80,17 @@ def test_slurm_grid_with_a_preemption_and_a_failing_variant(
     mid = {**MID, "overrides": {"trainer.callbacks": [pause]}}
     extra = {"trainer.limit_train_batches": 4, "resume.every_n_train_steps": 1}
     config = load_compare_config(
-        write_grid(tiny_depth_root, tmp_path, [mid, RGB, BROKEN], [0, 1], **extra)
+        write_grid(tiny_depth_root, tmp_path, [mid, RGB, BROKEN], seeds, **extra)
     )
     out = tmp_path / "out"
     slurm = ExecutorSettings("slurm", slurm=SlurmOptions(time=20, array_parallelism=2, qos="low"))
     queued = run_compare(config, out, speed=False, gallery=0, executor=slurm, submit_only=True)
-    assert len(queued["submitted"]) == 6 and queued["rows"] == []
+    n = 3 * len(seeds)
+    assert len(queued["submitted"]) == n and queued["rows"] == []
     scripts = list((out / "jobs").rglob("*_submission.sh"))
     assert len(scripts) == 1
     script = scripts[0].read_text()
-    for flag in ("--array=0-5%2", "--time=20", "--qos=low", "--signal=USR2@90"):
+    for flag in (f"--array=0-{n - 1}%2", "--time=20", "--qos=low", "--signal=USR2@90"):
         assert f"#SBATCH {flag}" in script
     for v in config.variants:
         for s in config.seeds:
@@ -101,9 +107,10 @@ def test_slurm_grid_with_a_preemption_and_a_failing_variant(
 
     done = run_compare(config, out, speed=False, gallery=0, executor=slurm, poll_s=0.5)
     assert sorted(done["trained"]) == [
-        f"{v}/seed{s}" for v in ("mid_add", "rgb_only") for s in (0, 1)
+        f"{v}/seed{s}" for v in ("mid_add", "rgb_only") for s in seeds
     ]
-    assert done["failed"] == ["broken/seed0", "broken/seed1"]
+    broken = [f"broken/seed{s}" for s in seeds]
+    assert done["failed"] == broken
     assert _restarts(fake_slurm, job_id) == 1
     assert "Requeued" in "".join(p.read_text() for p in (out / "jobs").rglob("*_log.*"))
     metrics = json.loads((first / "metrics.json").read_text())
@@ -113,12 +120,14 @@ def test_slurm_grid_with_a_preemption_and_a_failing_variant(
     assert Path(failed["log"]).is_file() and "no_such_net" in Path(failed["log"]).read_text()
     assert "broken" in (out / "results.md").read_text()
     states = print_status(config, out)
-    assert sorted(s.state for s in states.values()) == ["done"] * 4 + ["failed"] * 2
+    assert sorted(s.state for s in states.values()) == ["done"] * (2 * len(seeds)) + [
+        "failed"
+    ] * len(seeds)
 
     # A rerun submits the failed variant only; the finished runs are not touched.
     stamp = (first / "metrics.json").stat().st_mtime_ns
     again = run_compare(config, out, speed=False, gallery=0, executor=slurm, poll_s=0.5)
-    assert again["submitted"] == ["broken/seed0", "broken/seed1"]
-    assert again["trained"] == [] and again["failed"] == ["broken/seed0", "broken/seed1"]
+    assert again["submitted"] == broken
+    assert again["trained"] == [] and again["failed"] == broken
     assert (first / "metrics.json").stat().st_mtime_ns == stamp
     assert run_state(first).state == "done"
