@@ -159,7 +159,12 @@ def test_shipped_compare_configs_validate() -> None:
         assert config.seeds == (0,)
         assert config.overrides["trainer.max_epochs"] == 3  # the budget the README's table used
     rgbdt = load_compare_config(BASE.parents[1] / "compare" / "synthetic_rgbdt.yaml")
-    assert [v.name for v in rgbdt.variants] == ["rgb_only", "rgb_depth", "rgb_thermal", "rgb_depth_thermal"]
+    assert [v.name for v in rgbdt.variants] == [
+        "rgb_only",
+        "rgb_depth",
+        "rgb_thermal",
+        "rgb_depth_thermal",
+    ]
     nyu = load_compare_config(BASE.parents[1] / "compare" / "nyudv2.yaml")
     assert len(nyu.variants) == 5 and nyu.seeds == (0, 1, 2)
     assert nyu.executor.kind == "slurm" and nyu.executor.slurm.gpus_per_task == 1
