@@ -35,10 +35,10 @@ from rgbx_fusion.errors import CheckpointError, ConfigError
 from rgbx_fusion.models.align.base import AlignBase
 from rgbx_fusion.models.align.flow import (
     _flow_net,
-    check_same_grid,
     flow_smoothness,
     pixel_grid,
     resize_flow,
+    warp_by_displacement,
     warp_by_flow,
 )
 from rgbx_fusion.models.state_dict import best_checkpoint, check_keys, read_state_dict
@@ -570,10 +570,7 @@ class CorrelationAlign(AlignBase):
         return self.displacements(x_rgb, x_aux)[-1]
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
-        check_same_grid(self, x_rgb, x_aux)
-        flow = self.displacement(x_rgb, x_aux)
-        self._remember_displacement(flow, x_aux.shape[0])
-        return x_rgb, warp_by_flow(x_aux, flow)
+        return warp_by_displacement(self, x_rgb, x_aux)
 
     def regularization(self) -> Tensor | None:
         """``smoothness_weight × TV`` of the last residual flow (``None`` without one)."""

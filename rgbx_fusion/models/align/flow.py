@@ -54,6 +54,15 @@ def check_same_grid(module: nn.Module, x_rgb: Tensor, x_aux: Tensor) -> None:
         )
 
 
+def warp_by_displacement(aligner: AlignBase, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``forward`` of a dense aligner with a ``displacement(x_rgb, x_aux)`` method: check
+    the grids, compute and remember its flow, warp aux along it."""
+    check_same_grid(aligner, x_rgb, x_aux)
+    flow = aligner.displacement(x_rgb, x_aux)  # type: ignore[operator]
+    aligner._remember_displacement(flow, x_aux.shape[0])
+    return x_rgb, warp_by_flow(x_aux, flow)
+
+
 def warp_by_flow(image: Tensor, flow: Tensor) -> Tensor:
     """Backward-warp ``image`` by a dense displacement field.
 

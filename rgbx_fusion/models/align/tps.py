@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.align.affine import LocalisationHead, normalised_grid
 from rgbx_fusion.models.align.base import AlignBase
-from rgbx_fusion.models.align.flow import check_same_grid, warp_by_flow
+from rgbx_fusion.models.align.flow import warp_by_displacement
 
 
 def tps_kernel(points_a: Tensor, points_b: Tensor) -> Tensor:
@@ -160,10 +160,7 @@ class TPSAlign(AlignBase):
         self.offsets.copy_(offsets.reshape(self.offsets.shape))
 
     def forward(self, x_rgb: Tensor, x_aux: Tensor) -> tuple[Tensor, Tensor]:
-        check_same_grid(self, x_rgb, x_aux)
-        flow = self.displacement(x_rgb, x_aux)
-        self._remember_displacement(flow, x_aux.shape[0])
-        return x_rgb, warp_by_flow(x_aux, flow)
+        return warp_by_displacement(self, x_rgb, x_aux)
 
     def regularization(self) -> Tensor | None:
         """``bending_weight`` × bending energy of the last forward (``None`` when disabled)."""
