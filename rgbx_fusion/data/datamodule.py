@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rgbx_fusion.data.modality_dropout import ModalityDropout
 from rgbx_fusion.data.resumable_loader import ResumableLoader
 from rgbx_fusion.data.sample import collate
 from rgbx_fusion.data.transforms import (
@@ -33,19 +34,28 @@ DatasetFactory = Callable[[str], Dataset[Sample]]
 class TransformedDataset(Dataset[dict[str, Any]]):
     """Applies a transform and the normaliser to every sample of a dataset."""
 
-    def __init__(self, base: Dataset[Sample], transform: Any, normalizer: Normalizer) -> None:
+    def __init__(
+        self,
+        base: Dataset[Sample],
+        transform: Any,
+        normalizer: Normalizer,
+        dropout: ModalityDropout | None = None,
+    ) -> None:
         self.base = base
         self.transform = transform
         self.normalizer = normalizer
+        self.dropout = dropout
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        seed = None
         if isinstance(index, tuple):  # (index, seed) from a ResumableSampler
             index, seed = index
             self.transform.set_random_seed(seed)
-        return self.normalizer(apply_transform(self.transform, self.base[index]))
+        sample = self.normalizer(apply_transform(self.transform, self.base[index]))
+        return sample if self.dropout is None else self.dropout(sample, seed)
 
 
 class RGBXDataModule(pl.LightningDataModule):
@@ -62,6 +72,10 @@ class RGBXDataModule(pl.LightningDataModule):
         aux_mean, aux_std: aux normalisation per channel; ``None`` estimates them
             from valid pixels of up to 64 training samples (stored in checkpoints).
         pin_memory: ``None`` pins when CUDA is available.
+        modality_dropout: training only, for a dataset of several aux modalities: the
+            probability that each sample loses a modality, one for all or per name
+            (``{depth: 0.5, thermal: 0.5}``); see
+            :class:`~rgbx_fusion.data.modality_dropout.ModalityDropout`.
     """
 
     def __init__(
@@ -85,6 +99,7 @@ class RGBXDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         predict_split: str = "test",
+        modality_dropout: dict[str, float] | float | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -105,6 +120,7 @@ class RGBXDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.splits = {"fit": train_split, "val": val_split, "test": test_split}
         self.predict_split = predict_split
+        self.modality_dropout = modality_dropout
         self._datasets: dict[str, Dataset[Sample]] = {}
         self.sampler_seed: int | None = None
         self._train_loader: ResumableLoader | None = None
@@ -204,13 +220,24 @@ class RGBXDataModule(pl.LightningDataModule):
             self._train_loader.seek(self._resume_at)
             self._resume_at = None
 
+    def dropout(self) -> ModalityDropout | None:
+        """The training samples' modality dropout (``None`` without ``modality_dropout``)."""
+        if self.modality_dropout is None:
+            return None
+        probe = self._probe
+        root = getattr(probe, "root", None)
+        source = f"{type(probe).__name__}" + (f" ({root}/dataset.json)" if root else "")
+        return ModalityDropout(self.modality_dropout, self.modalities, source)
+
     # ---- loaders -------------------------------------------------------------------------
     def dataset(self, stage: str) -> TransformedDataset:
         """The transformed dataset for ``fit`` / ``val`` / ``test`` / ``predict``."""
         norm = self.normalizer()
         if stage == "fit":
             tf = build_train_transform(self.train_size, self.scale, self.hflip, self.photometric)
-            return TransformedDataset(self.base_dataset(self.splits["fit"]), tf, norm)
+            return TransformedDataset(
+                self.base_dataset(self.splits["fit"]), tf, norm, self.dropout()
+            )
         split = self.predict_split if stage == "predict" else self.splits[stage]
         return TransformedDataset(
             self.base_dataset(split), build_eval_transform(self.eval_size), norm

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 from cli_overrides import run_stage, small_cli_args
 
+from rgbx_fusion.data.datamodule import RGBXDataModule
 from rgbx_fusion.data.sample import collate
 from rgbx_fusion.data.sets.folder import FolderRGBX
 from rgbx_fusion.data.sets.synthetic import SyntheticRGBX
@@ -113,3 +115,51 @@ def test_a_three_modality_model_trains_through_the_cli(
     batch = next(iter(exp.datamodule.val_dataloader()))
     assert batch["aux"].shape[1] == 2 and batch["present"].all()
     assert 0.0 <= exp.task.last_scores["val"]["mIoU"] <= 1.0
+
+
+def _dropout_module(root: Path, dropout: object) -> RGBXDataModule:
+    return RGBXDataModule(
+        partial(SyntheticRGBX, root=root, modality="depth,thermal"),
+        batch_size=4,
+        num_workers=0,
+        modality_dropout=dropout,  # type: ignore[arg-type]
+    )
+
+
+def test_modality_dropout_drops_each_modality_at_its_rate(tiny_rgbdt_root: Path) -> None:
+    dm = _dropout_module(tiny_rgbdt_root, {"depth": 0.5, "thermal": 0.25})
+    train = dm.dataset("fit")
+    present = []
+    for seed in range(400):
+        sample = train[(seed % 8, seed)]
+        p = sample["meta"]["present"]
+        present.append(p)
+        for j, kept in enumerate(p):  # a dropped modality's channel holds the missing value
+            assert bool((sample["aux"][j] != 0).any()) == kept
+    rates = 1 - torch.tensor(present, dtype=torch.float32).mean(0)
+    assert rates[0] == pytest.approx(0.5, abs=0.08) and rates[1] == pytest.approx(0.25, abs=0.07)
+    # seeded by the sample's seed: a resumed run drops the same modalities
+    assert [train[(i % 8, i)]["meta"]["present"] for i in range(20)] == present[:20]
+    # evaluation never drops
+    assert all(s["meta"]["present"] == [True, True] for s in dm.dataset("test"))  # type: ignore[attr-defined]
+    none = _dropout_module(tiny_rgbdt_root, 0.0).dataset("fit")
+    assert all(none[(0, s)]["meta"]["present"] == [True, True] for s in range(30))
+
+
+def test_bad_modality_dropout_is_a_typed_error(tiny_rgbdt_root: Path) -> None:
+    cases = {
+        "rgb": ({"rgb": 0.5}, r"\['rgb'\].*every sample keeps"),
+        "unknown": ({"lidar": 0.5}, r"'lidar'.*dataset\.json.*\['depth', 'thermal'\]"),
+        "certain": ({"depth": 1.0}, r"\['depth'\].*\[0, 1\).*every sample"),
+        "negative": (-0.1, r"\['depth'\].*\[0, 1\)"),
+    }
+    for value, message in cases.values():
+        with pytest.raises(ConfigError, match=message):
+            _dropout_module(tiny_rgbdt_root, value).dataset("fit")
+    one = RGBXDataModule(
+        partial(SyntheticRGBX, root=tiny_rgbdt_root, modality="depth"),
+        num_workers=0,
+        modality_dropout=0.5,
+    )
+    with pytest.raises(ConfigError, match="several named aux modalities"):
+        one.dataset("fit")
