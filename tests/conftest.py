@@ -67,3 +67,33 @@ def nyu_sample() -> Path:
     if not path.is_dir():
         pytest.skip("real sample folder ../shared/real-samples/nyudv2-sagate is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rgbdt_run(tiny_rgbdt_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Best checkpoint of a tiny RGB-D-T ``MultiModalSegmenter`` (mid sum fusion, ResNet-10t,
+    modality dropout) trained for two steps; its run folder holds ``config.yaml``."""
+    from cli_overrides import small_cli_args
+
+    from rgbx_fusion.experiment import build
+
+    tmp = tmp_path_factory.mktemp("rgbdt_run")
+    configs = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+    layers = ("base.yaml", "rgbdt.yaml", "rgbdt_dropout.yaml")
+    args = [arg for name in layers for arg in ("--config", str(configs / name))]
+    args += [
+        *small_cli_args(tiny_rgbdt_root, tmp),
+        "--model.network.init_args.backbone=resnet10t",
+        "--model.network.init_args.decoder.init_args.channels=16",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.num_sanity_val_steps=0",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exp = build(args=args)
+        exp.trainer.fit(exp.task, datamodule=exp.datamodule)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(exp.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]

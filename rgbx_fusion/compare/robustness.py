@@ -61,6 +61,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rgbx_fusion.compare.missing import (
+    MISSING_PREFIX,
+    AuxLayout,
+    is_modality_kind,
+    modality_kinds,
+    plot_missing,
+    write_missing_table,
+)
+from rgbx_fusion.compare.missing import apply as apply_protocol
+from rgbx_fusion.compare.missing import label as protocol_label
 from rgbx_fusion.data.atomic import write_text_atomic
 
 SHIFT_LEVELS_PX: tuple[int, ...] = (-10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10)
@@ -80,6 +90,7 @@ CLEAN: dict[str, float] = {"rgb_dark_factor": 1.0, "aux_scale": 1.0}
 ALIASES: dict[str, str] = {"aux_shift_px": "aux_shift_x_px"}  # the same input at the same level
 SHIFT_CURVE = "aux_shift_abs_px"  # the derived four-direction kind of ``shift_curve``
 _SHIFT_XY = ("aux_shift_x_px", "aux_shift_y_px")
+MISSING_PANEL = "modality missing entirely"  # the bar panel of every ``missing:`` kind
 LABELS: dict[str, str] = {
     SHIFT_CURVE: "aux shift |px|, mean of right/left/down/up",
     "aux_shift_x_px": "aux shift x px (+ right)",
@@ -344,14 +355,26 @@ def evaluate_checkpoint(
     loader = dm.test_dataloader()
     batches = _cached(loader) or loader  # decoded once when the test split fits in memory
 
+    layout = AuxLayout.of(dm)
+    memo = dict(known)  # this run's scores by input: protocols reuse equivalent settings
+
     def score(kind: str, level: float) -> float:
+        key = layout.equivalent(kind, level) if is_modality_kind(kind) else setting(kind, level)
+        if key in memo:
+            return memo[key]
         metric.reset()
         for i, batch in enumerate(batches):
             gen = torch.Generator().manual_seed(i)
-            rgb, aux = perturb(batch, kind, level, rgb_mean, rgb_std, gen)
-            logits = model(rgb.to(device), aux.to(device))
+            rgb, aux, present = batch["rgb"], batch["aux"], batch.get("present")
+            if is_modality_kind(key[0]):
+                aux, present = apply_protocol(key[0], key[1], aux, present, layout, gen)
+            elif key[0] != "clean":
+                rgb, aux = perturb(batch, key[0], key[1], rgb_mean, rgb_std, gen)
+            args = (rgb.to(device), aux.to(device))
+            logits = model(*args) if present is None else model(*args, present.to(device))
             metric.update(logits.argmax(1), batch["mask"].to(device))
-        return float(metric.scores()["mIoU"])
+        memo[key] = float(metric.scores()["mIoU"])
+        return memo[key]
 
     return sweep(score, perturbations, known)
 
@@ -359,18 +382,42 @@ def evaluate_checkpoint(
 FIELDS = ["variant", "seed", "perturbation", "level", "test_mIoU"]
 
 
+def run_modalities(resolved_config: str | Path) -> list[str]:
+    """The aux modality names a run's recorded config reads (``data.dataset.init_args.
+    modality``, comma-separated), or none when the dataset does not name them."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(resolved_config).read_text())
+        value = doc["data"]["dataset"]["init_args"]["modality"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    return [m.strip() for m in str(value).split(",") if m.strip()] if value else []
+
+
+def default_perturbations(metrics: Sequence[dict[str, Any]]) -> dict[str, tuple[float, ...]]:
+    """:data:`PERTURBATIONS` plus the missing/noisy-modality protocols of every aux
+    modality the runs read (:mod:`rgbx_fusion.compare.missing`)."""
+    names = dict.fromkeys(n for m in metrics for n in run_modalities(m["resolved_config"]))
+    return {**PERTURBATIONS, **modality_kinds(list(names))} if names else dict(PERTURBATIONS)
+
+
 def run_robustness(
     metrics: Sequence[dict[str, Any]],
     out: Path,
-    perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
+    perturbations: Mapping[str, Sequence[float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sweep every run's best checkpoint; write robustness.csv / .json / .png.
+    """Sweep every run's best checkpoint; write robustness.csv / .json / .png / .md.
+
+    ``perturbations``: kind → levels, by default :func:`default_perturbations`.
 
     Each run's scores are cached in its folder (``robustness.json``): a rerun with the
     same levels evaluates nothing, one with other levels only the settings not scored
     yet. Rows: one per run, kind and level, then the run's ``aux_shift_abs_px`` rows
     (``shift_curve``) when both shift directions were swept.
     """
+    if perturbations is None:
+        perturbations = default_perturbations(metrics)
     rows: list[dict[str, Any]] = []
     levels = {k: list(v) for k, v in perturbations.items()}
     for m in metrics:
@@ -405,7 +452,9 @@ def run_robustness(
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "robustness.csv", buf.getvalue())
-    write_text_atomic(out / "robustness.json", json.dumps(summarize(rows), indent=2))
+    summary = summarize(rows)
+    write_text_atomic(out / "robustness.json", json.dumps(summary, indent=2))
+    write_missing_table(summary, out / "robustness.md")
     if rows:
         plot_robustness(rows, out / "robustness.png")
     return rows
@@ -471,6 +520,9 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path, columns: int = 5
     if SHIFT_CURVE in kinds:
         kinds.remove(SHIFT_CURVE)
         kinds.insert(0, SHIFT_CURVE)
+    missing = [k for k in kinds if k.startswith(MISSING_PREFIX)]
+    if missing:  # one bar panel for every "modality missing entirely" case
+        kinds = [k for k in kinds if k not in missing] + [MISSING_PANEL]
     means = _means(rows)
     ncols = max(1, min(columns, len(kinds)))
     nrows = -(-len(kinds) // ncols)
@@ -478,12 +530,15 @@ def plot_robustness(rows: Sequence[dict[str, Any]], path: Path, columns: int = 5
     colors = [plt.get_cmap("tab20")(i) for i in range(20)]  # distinct colours for 20 variants
     flat = [ax for row in axes for ax in row]
     for ax, kind in zip(flat, kinds, strict=False):
+        if kind == MISSING_PANEL:
+            plot_missing(ax, means)
+            continue
         for n, (v, per_kind) in enumerate(means.items()):
             pts = per_kind.get(kind, {})
             xs = sorted(pts)
             style = {"color": colors[n % 20], "linestyle": ("-", "--", ":")[n // 20 % 3]}
             ax.plot(xs, [pts[x] for x in xs], marker="o", markersize=3, label=v, **style)
-        ax.set_xlabel(LABELS.get(kind, kind))
+        ax.set_xlabel(protocol_label(kind) if is_modality_kind(kind) else LABELS.get(kind, kind))
         ax.set_ylabel("test mIoU")
         ax.grid(alpha=0.3)
         if kind == "rgb_dark_factor":
