@@ -26,6 +26,7 @@ PLOTS = (
     ("per_class_iou.png", "Per-class test IoU of every variant (mean over seeds)."),
 )
 ROBUSTNESS_PLOT = "robustness.png"
+MISSING_TABLE = "robustness.md"
 PARETO_MARK = ' <span class="pareto" title="Pareto front: GFLOPs vs test mIoU">*</span>'
 
 CSS = """
@@ -277,6 +278,15 @@ def render_html(
             caption += " The first panel is the shift curve: aux shifts averaged over the four"
             caption += " directions."
         parts += ["<h2>Robustness</h2>", _figure(robustness, caption)]
+    missing = out / MISSING_TABLE
+    if missing.is_file():
+        parts += [
+            "<h3>Missing and noisy modalities</h3>",
+            '<p class="note">Test mIoU with each aux modality missing from every sample, all'
+            " of them missing, each missing at random with p = 0.5 per sample, and each under"
+            " Gaussian noise of std 1 (normalised units).</p>",
+            pipe_table(missing.read_text(encoding="utf-8")),
+        ]
     if gallery is not None and gallery.images:
         parts += ["<h2>Gallery</h2>", gallery_section(gallery)]
     return (
@@ -286,6 +296,20 @@ def render_html(
         + "\n".join(parts)
         + f"\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
     )
+
+
+def pipe_table(markdown: str) -> str:
+    """The first Markdown pipe table of ``markdown`` as an HTML table (cells escaped)."""
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.strip().startswith("|") and not set(line.strip()) <= set("|-: ")
+    ]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_e(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def write_html_report(

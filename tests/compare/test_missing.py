@@ -144,3 +144,13 @@ def test_run_robustness_writes_the_missing_table(tmp_path: Path) -> None:
     assert summary["levels"]["missing:thermal"] == [0, 1]
     assert missing_table({"levels": {}, "curves": {}}) == ""
     assert (tmp_path / "robustness.png").stat().st_size > 1000
+
+
+def test_the_missing_table_becomes_an_html_table() -> None:
+    from rgbx_fusion.compare.html import pipe_table
+
+    text = "# t\n\n| variant | clean | − depth |\n|---|---|---|\n| a<b | 0.800 | 0.700 |\n"
+    html = pipe_table(text)
+    assert html.count("<tr>") == 2 and "<th>− depth</th>" in html
+    assert "<td>a&lt;b</td><td>0.800</td><td>0.700</td>" in html
+    assert pipe_table("no table") == ""
