@@ -11,6 +11,12 @@ Convention:
     (B, Ca, H, W), both already normalised as in training (rgb: ``(x / 255 − mean) / std``;
     aux: ``(x − aux_mean) / aux_std`` on valid pixels, missing pixels exactly 0), output
     ``logits`` (B, K, H, W). The normalisation constants are written to the JSON file.
+
+    A multi-modality network (``MultiModalSegmenter``) takes one input per modality
+    instead of ``aux``, named after it (``depth`` (B, 1, H, W), ``thermal`` ...), and
+    ``present`` (B, M) bool, which modalities each sample holds (an absent modality's
+    input is never read). Its parity check runs every presence pattern: all present,
+    each modality absent, none present.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +78,27 @@ class TrainedNetwork:
     class_names: list[str]
     normalization: dict[str, Any]
     eval_size: tuple[int, int] | None
+    modalities: dict[str, int] | None = None
+
+
+class PerModalityInputs(nn.Module):
+    """A multi-modality network as a graph of one input per modality and the presence mask.
+
+    Shape:
+        rgb: (B, 3, H, W); inputs: one (B, C_m, H, W) per modality in order, then present
+        (B, M) bool -> logits (B, K, H, W)
+    """
+
+    def __init__(self, net: nn.Module, modalities: Mapping[str, int]) -> None:
+        super().__init__()
+        self.net = net
+        self.names = tuple(modalities)
+        self.num_classes = getattr(net, "num_classes", 0)
+
+    def forward(self, rgb: Tensor, *inputs: Tensor) -> Tensor:
+        *aux, present = inputs
+        out: Tensor = self.net(rgb, dict(zip(self.names, aux, strict=True)), present)
+        return out
 
 
 def load_trained_network(ckpt: str | Path) -> TrainedNetwork:
@@ -97,8 +124,10 @@ def load_trained_network(ckpt: str | Path) -> TrainedNetwork:
             "rgb_std": list(pre.rgb_std),
             "aux_mean": list(pre.aux_mean),
             "aux_std": list(pre.aux_std),
+            **({"modalities": dict(model.modalities)} if model.modalities else {}),
         },
         eval_size=(int(eval_size[0]), int(eval_size[1])) if eval_size else None,
+        modalities=model.modalities,
     )
 
 
@@ -128,11 +157,40 @@ def example_inputs(
     )
 
 
-def _dynamic_shapes(dynamic_batch: bool) -> dict[str, dict[int, Any]] | None:
+def modality_inputs(
+    batch: int, modalities: Mapping[str, int], size: tuple[int, int], seed: int = 0
+) -> tuple[Tensor, ...]:
+    """Seeded inputs of :class:`PerModalityInputs`, every modality present.
+
+    Shape:
+        -> rgb (batch, 3, H, W), one (batch, C_m, H, W) per modality, present (batch, M)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    rgb = torch.randn(batch, 3, h, w, generator=gen)
+    aux = [torch.randn(batch, c, h, w, generator=gen) for c in modalities.values()]
+    return (rgb, *aux, torch.ones(batch, len(modalities), dtype=torch.bool))
+
+
+def presence_patterns(count: int) -> list[list[bool]]:
+    """All present, each modality absent alone, none present (the parity check's rows)."""
+    rows = [[True] * count]
+    rows += [[j != i for j in range(count)] for i in range(count)]
+    return rows + ([[False] * count] if count > 1 else [])
+
+
+def input_names(modalities: Mapping[str, int] | None) -> list[str]:
+    """The graph's input names: ``rgb, aux`` or ``rgb``, one per modality, ``present``."""
+    return ["rgb", *modalities, "present"] if modalities else list(INPUT_NAMES)
+
+
+def _dynamic_shapes(dynamic_batch: bool, inputs: int = 2) -> Any:
     if not dynamic_batch:
         return None
     batch = torch.export.Dim("batch", min=1, max=1024)
-    return {name: {0: batch} for name in INPUT_NAMES}
+    if inputs == 2:
+        return {name: {0: batch} for name in INPUT_NAMES}
+    return ({0: batch}, tuple({0: batch} for _ in range(inputs - 1)))  # rgb, *inputs
 
 
 @contextlib.contextmanager
@@ -159,7 +217,7 @@ def _export_torch(
     net: nn.Module, args: tuple[Tensor, ...], path: Path | None, dynamic: bool, **_: Any
 ) -> torch.export.ExportedProgram:
     with _quiet():
-        program = torch.export.export(net, args, dynamic_shapes=_dynamic_shapes(dynamic))
+        program = torch.export.export(net, args, dynamic_shapes=_dynamic_shapes(dynamic, len(args)))
         if path is not None:
             torch.export.save(program, path)
     return program
@@ -171,6 +229,7 @@ def _export_onnx(
     path: Path | None,
     dynamic: bool,
     opset: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> Any:
     large = sum(p.numel() * p.element_size() for p in net.parameters()) > 1.8 * 2**30
     with _quiet():
@@ -178,9 +237,9 @@ def _export_onnx(
             net,
             args,
             dynamo=True,
-            input_names=list(INPUT_NAMES),
+            input_names=list(names or INPUT_NAMES),
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=_dynamic_shapes(dynamic),
+            dynamic_shapes=_dynamic_shapes(dynamic, len(args)),
             opset_version=opset,
             verbose=False,
         )
@@ -204,6 +263,7 @@ def export_network(
     batch: int = 1,
     opset: int | None = None,
     tolerance: float = TOLERANCE,
+    modalities: Mapping[str, int] | None = None,
 ) -> ExportReport:
     """Export ``net`` (``(rgb, aux) -> logits``) and check it against eager PyTorch.
 
@@ -217,6 +277,8 @@ def export_network(
         batch: batch size of a static export.
         opset: ONNX opset (``None``: the exporter's default).
         tolerance: largest max-abs logit difference that passes.
+        modalities: name → channels of a multi-modality network: the graph takes one
+            input per modality and ``present`` (see the module doc).
 
     Returns:
         The report; raises :class:`~rgbx_fusion.errors.ExportError` naming the parts that
@@ -227,20 +289,26 @@ def export_network(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     net = net.eval()
+    graph = net if not modalities else PerModalityInputs(net, modalities).eval()
+    names = input_names(modalities)
     # A symbolic batch needs an example batch > 1 (sizes 0 and 1 are specialised).
     trace_batch = 2 if dynamic_batch else batch
-    args = example_inputs(trace_batch, aux_channels, size)
+    args = (
+        modality_inputs(trace_batch, modalities, size)
+        if modalities
+        else example_inputs(trace_batch, aux_channels, size)
+    )
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            EXPORTERS[fmt](net, args, out, dynamic_batch, opset=opset)
+            EXPORTERS[fmt](graph, args, out, dynamic_batch, opset=opset, names=names)
     except ExportError:
         raise
     except Exception as exc:
-        raise _diagnose(net, args, fmt, exc) from exc
+        raise _diagnose(graph, args, fmt, exc) from exc
     seconds = time.perf_counter() - start
     batches = [1, 3] if dynamic_batch else [batch]
-    diff = parity(net, out, fmt, batches, aux_channels, size)
+    diff = parity(graph, out, fmt, batches, aux_channels, size, modalities)
     if not diff <= tolerance:
         raise ExportError(
             f"{out}: the {fmt} export disagrees with PyTorch: max |Δlogit| = {diff:.3g} > "
@@ -258,11 +326,20 @@ def export_network(
         max_abs_diff=diff,
         parity_batches=batches,
         tolerance=tolerance,
-        inputs={
-            "rgb": ["batch" if dynamic_batch else batch, 3, *size],
-            "aux": ["batch" if dynamic_batch else batch, aux_channels, *size],
-        },
+        inputs=_input_shapes("batch" if dynamic_batch else batch, aux_channels, size, modalities),
     )
+
+
+def _input_shapes(
+    batch: int | str, aux_channels: int, size: tuple[int, int], modalities: Mapping[str, int] | None
+) -> dict[str, list[int | str]]:
+    """Each graph input's shape (``present``: (B, M) bool)."""
+    channels = dict(modalities) if modalities else {"aux": aux_channels}
+    shapes: dict[str, list[int | str]] = {"rgb": [batch, 3, *size]}
+    shapes.update({name: [batch, c, *size] for name, c in channels.items()})
+    if modalities:
+        shapes["present"] = [batch, len(modalities)]
+    return shapes
 
 
 @torch.no_grad()
@@ -273,27 +350,39 @@ def parity(
     batches: Sequence[int],
     aux_channels: int,
     size: tuple[int, int],
+    modalities: Mapping[str, int] | None = None,
 ) -> float:
-    """Max abs logit difference between the saved export and eager ``net`` over ``batches``."""
-    run = _runner(path, fmt)
+    """Max abs logit difference between the saved export and eager ``net`` over ``batches``
+    (and, for a multi-modality network, over :func:`presence_patterns`)."""
+    names = input_names(modalities)
+    run = _runner(path, fmt, names)
     worst = 0.0
     for i, b in enumerate(batches):
-        rgb, aux = example_inputs(b, aux_channels, size, seed=100 + i)
-        ref = net(rgb, aux)
-        got = run(rgb, aux)
-        if got.shape != ref.shape:
-            raise ExportError(
-                f"{path}: exported output shape {tuple(got.shape)} differs from PyTorch's "
-                f"{tuple(ref.shape)} at batch {b}"
-            )
-        worst = max(worst, float((got - ref).abs().max()))
+        cases: list[tuple[Tensor, ...]]
+        if not modalities:
+            cases = [example_inputs(b, aux_channels, size, seed=100 + i)]
+        else:
+            *inputs, _ = modality_inputs(b, modalities, size, seed=100 + i)
+            cases = [
+                (*inputs, torch.tensor([row] * b, dtype=torch.bool))
+                for row in presence_patterns(len(modalities))
+            ]
+        for args in cases:
+            ref = net(*args)
+            got = run(*args)
+            if got.shape != ref.shape:
+                raise ExportError(
+                    f"{path}: exported output shape {tuple(got.shape)} differs from "
+                    f"PyTorch's {tuple(ref.shape)} at batch {b}"
+                )
+            worst = max(worst, float((got - ref).abs().max()))
     return worst
 
 
-def _runner(path: Path, fmt: str) -> Callable[[Tensor, Tensor], Tensor]:
+def _runner(path: Path, fmt: str, names: Sequence[str] = INPUT_NAMES) -> Callable[..., Tensor]:
     if fmt == "torch_export":
         module = torch.export.load(path).module()
-        return lambda rgb, aux: module(rgb, aux)
+        return lambda *args: module(*args)
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - installed with the export extra
@@ -302,8 +391,8 @@ def _runner(path: Path, fmt: str) -> Callable[[Tensor, Tensor], Tensor]:
         ) from exc
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    def run(rgb: Tensor, aux: Tensor) -> Tensor:
-        feeds = {"rgb": rgb.numpy(), "aux": aux.numpy()}
+    def run(*args: Tensor) -> Tensor:
+        feeds = {name: t.numpy() for name, t in zip(names, args, strict=True)}
         return torch.from_numpy(session.run([OUTPUT_NAME], feeds)[0])
 
     return run

@@ -92,8 +92,13 @@ def without_initial_weights(init_args: Mapping[str, Any]) -> dict[str, Any]:
     return init
 
 
-def build_network(network: Mapping[str, Any], num_classes: int, aux_channels: int) -> nn.Module:
+def build_network(
+    network: Mapping[str, Any], num_classes: int, aux_channels: int | Mapping[str, int]
+) -> nn.Module:
     """Build a network from its config (``class_path`` + ``init_args``), as the CLI does.
+
+    ``aux_channels``: the aux channels, or for a multi-modality network its modalities
+    (name → channels).
 
     Raises:
         ConfigError: the configuration does not describe a network.
@@ -106,7 +111,9 @@ def build_network(network: Mapping[str, Any], num_classes: int, aux_channels: in
             f"cannot read the network configuration {dict(network)!r}: {exc}"
         ) from exc
     factory = parser.instantiate(cfg).network
-    net: nn.Module = factory(num_classes, aux_channels)
+    net: nn.Module = factory(
+        num_classes, aux_channels if isinstance(aux_channels, int) else dict(aux_channels)
+    )
     return net
 
 
@@ -118,8 +125,12 @@ class Preprocess:
     depth, [0, 1] for HHA) → ``(x - aux_mean) / aux_std`` where any channel is
     non-zero, exactly 0 elsewhere (missing pixels).
 
+    A multi-modality model (``modalities``: name → channels) normalises each modality's
+    channels on their own, and :meth:`modalities_to_inputs` takes one image per modality.
+
     Attributes:
-        rgb_mean, rgb_std, aux_mean, aux_std: per-channel statistics.
+        rgb_mean, rgb_std, aux_mean, aux_std: per-channel statistics (all modalities'
+            channels in order).
 
     Shape:
         rgb: (H, W, 3) uint8; aux: (H, W, Ca) or (H, W) float -> ((1, 3, H, W), (1, Ca, H, W))
@@ -131,12 +142,63 @@ class Preprocess:
         rgb_std: Sequence[float],
         aux_mean: Sequence[float],
         aux_std: Sequence[float],
+        modalities: Mapping[str, int] | None = None,
     ) -> None:
         self.rgb_mean = tuple(float(v) for v in rgb_mean)
         self.rgb_std = tuple(float(v) for v in rgb_std)
         self.aux_mean = tuple(float(v) for v in aux_mean)
         self.aux_std = tuple(float(v) for v in aux_std)
-        self._normalizer = Normalizer(self.rgb_mean, self.rgb_std, self.aux_mean, self.aux_std)
+        self.modalities = dict(modalities) if modalities else None
+        groups = list(self.modalities.values()) if self.modalities else None
+        self._normalizer = Normalizer(
+            self.rgb_mean, self.rgb_std, self.aux_mean, self.aux_std, groups
+        )
+
+    def modalities_to_inputs(
+        self,
+        rgb: npt.ArrayLike | Tensor,
+        aux: Mapping[str, npt.ArrayLike | Tensor | None],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised ``(rgb, aux, present)`` of a multi-modality model from one raw image
+        per modality (H×W or H×W×C, dataset units); a modality left out or ``None`` is
+        absent (``present`` false, its channels 0).
+
+        Raises:
+            ConfigError: the model has one aux input, a name it does not know, or an image
+                of the wrong size or channel count (named).
+
+        Shape:
+            -> (1, 3, H, W), (1, ΣC, H, W), (1, M) bool
+        """
+        if self.modalities is None:
+            raise ConfigError(
+                "this model takes one aux image, not one per modality: pass aux as an array"
+            )
+        unknown = [k for k in aux if k not in self.modalities]
+        if unknown:
+            raise ConfigError(
+                f"aux names {unknown}, which are not modalities of this model "
+                f"{list(self.modalities)}"
+            )
+        rgb_np = np.asarray(rgb.cpu() if isinstance(rgb, Tensor) else rgb)
+        planes, present = [], []
+        for name, channels in self.modalities.items():
+            value = aux.get(name)
+            if value is None:
+                planes.append(np.zeros((*rgb_np.shape[:2], channels), np.float32))
+                present.append(False)
+                continue
+            arr = np.asarray(value.cpu() if isinstance(value, Tensor) else value, np.float32)
+            arr = arr[..., None] if arr.ndim == 2 else arr
+            if arr.shape != (*rgb_np.shape[:2], channels):
+                raise ConfigError(
+                    f"aux[{name!r}] must be H×W×{channels} matching rgb {rgb_np.shape[:2]}, "
+                    f"got {arr.shape}"
+                )
+            planes.append(arr)
+            present.append(True)
+        x_rgb, x_aux = self(rgb_np, np.concatenate(planes, axis=-1))
+        return x_rgb, x_aux, torch.tensor([present], dtype=torch.bool)
 
     def __call__(
         self, rgb: npt.ArrayLike | Tensor, aux: npt.ArrayLike | Tensor
@@ -161,7 +223,8 @@ class Preprocess:
     def __repr__(self) -> str:
         return (
             f"Preprocess(rgb_mean={self.rgb_mean}, rgb_std={self.rgb_std}, "
-            f"aux_mean={self.aux_mean}, aux_std={self.aux_std})"
+            f"aux_mean={self.aux_mean}, aux_std={self.aux_std}"
+            + (f", modalities={self.modalities})" if self.modalities else ")")
         )
 
 
@@ -169,7 +232,9 @@ class SegmentationModel(nn.Module):
     """A trained network with what is needed to use it: normalisation and class names.
 
     Attributes:
-        net: the network, ``net(rgb, aux) -> logits``.
+        net: the network, ``net(rgb, aux) -> logits`` (multi-modality:
+            ``net(rgb, aux, present)``).
+        modalities: name → channels of a multi-modality model, else ``None``.
         preprocess: :class:`Preprocess` of raw images into the network's inputs.
         class_names: one name per output class.
         ignore_index: label value the metrics ignored in training.
@@ -194,27 +259,47 @@ class SegmentationModel(nn.Module):
         self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
         self.source = dict(source or {})
+        self.modalities = preprocess.modalities
 
-    def forward(self, rgb: Tensor, aux: Tensor) -> Tensor:
-        out: Tensor = self.net(rgb, aux)
+    def forward(self, rgb: Tensor, aux: Tensor, present: Tensor | None = None) -> Tensor:
+        out: Tensor = self.net(rgb, aux) if present is None else self.net(rgb, aux, present)
         return out
 
     @torch.no_grad()
     def predict(
         self,
         rgb: npt.ArrayLike | Tensor,
-        aux: npt.ArrayLike | Tensor,
+        aux: npt.ArrayLike | Tensor | Mapping[str, npt.ArrayLike | Tensor | None],
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
     ) -> Tensor:
         """Label map of raw images (see :class:`Preprocess`), optionally multi-scale + flip.
 
+        A multi-modality model takes ``aux`` as a dict of one image per modality; the
+        modalities left out (or ``None``) are absent.
+
         Shape:
-            rgb: (H, W, 3) uint8; aux: (H, W, Ca) -> (H, W) int64
+            rgb: (H, W, 3) uint8; aux: (H, W, Ca) or {name: (H, W, C)} -> (H, W) int64
         """
-        x_rgb, x_aux = self.preprocess(rgb, aux)
+        present = None
+        if isinstance(aux, Mapping):
+            x_rgb, x_aux, present = self.preprocess.modalities_to_inputs(rgb, aux)
+        elif self.modalities is not None:
+            raise ConfigError(
+                f"this model takes one aux image per modality: pass aux as a dict with keys "
+                f"from {list(self.modalities)}"
+            )
+        else:
+            x_rgb, x_aux = self.preprocess(rgb, aux)
         device = next(self.parameters()).device
-        probs = multiscale_probabilities(self, x_rgb.to(device), x_aux.to(device), scales, flip)
+        probs = multiscale_probabilities(
+            self,
+            x_rgb.to(device),
+            x_aux.to(device),
+            scales,
+            flip,
+            None if present is None else present.to(device),
+        )
         return probs.argmax(1)[0].cpu()
 
 
@@ -247,9 +332,10 @@ def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> Se
             "needs a checkpoint written by 'rgbx-fusion fit' or 'rgbx-fusion import'"
         )
     num_classes, aux_channels = int(hp["num_classes"]), int(hp.get("aux_channels", 1))
+    modalities = hp.get("modalities") or None
     network = hp["network"]
     network = {**network, "init_args": without_initial_weights(network.get("init_args") or {})}
-    net = build_network(network, num_classes, aux_channels)
+    net = build_network(network, num_classes, modalities or aux_channels)
     weights = {k[4:]: v for k, v in payload.get("state_dict", {}).items() if k.startswith("net.")}
     target = net.state_dict()
     check_keys({k: v.shape for k, v in target.items()}, weights, f"weights in {path}")
@@ -265,7 +351,11 @@ def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> Se
             "aux_std); it was not written by a fit run of this toolkit"
         )
     preprocess = Preprocess(
-        dm_hp.get("rgb_mean", IMAGENET_MEAN), dm_hp.get("rgb_std", IMAGENET_STD), aux_mean, aux_std
+        dm_hp.get("rgb_mean", IMAGENET_MEAN),
+        dm_hp.get("rgb_std", IMAGENET_STD),
+        aux_mean,
+        aux_std,
+        modalities,
     )
     names = hp.get("class_names") or [f"class_{i}" for i in range(num_classes)]
     source = {"file": path.name, **dict(payload.get("rgbx_fusion_source") or {})}

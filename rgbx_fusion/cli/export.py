@@ -47,6 +47,7 @@ def run_export(args: argparse.Namespace) -> int:
         batch=args.batch,
         opset=args.opset,
         tolerance=args.tolerance,
+        modalities=trained.modalities,
     )
     report.normalization = trained.normalization
     report.class_names = trained.class_names
@@ -54,6 +55,8 @@ def run_export(args: argparse.Namespace) -> int:
     write_text_atomic(meta, json.dumps(asdict(report), indent=2))
     against = "onnxruntime" if args.format == "onnx" else "reloaded ExportedProgram"
     batches = ", ".join(str(b) for b in report.parity_batches)
+    if trained.modalities:
+        batches += f"; every presence pattern of {list(trained.modalities)}"
     console.print(f"wrote {out} ({report.export_seconds:.1f} s) and {meta}")
     console.print(
         f"parity ({against} vs PyTorch, batch {batches}): max |Δlogit| = "

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rgbx_fusion.errors import ConfigError
 
-Network = Callable[[Tensor, Tensor], Tensor]
+Network = Callable[..., Tensor]  # net(rgb, aux) or net(rgb, aux, present)
 
 
 def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...]:
@@ -49,7 +49,12 @@ def describe_mode(scales: Sequence[float], flip: bool) -> str:
 
 
 def multiscale_probabilities(
-    net: Network, rgb: Tensor, aux: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
+    net: Network,
+    rgb: Tensor,
+    aux: Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    present: Tensor | None = None,
 ) -> Tensor:
     """Class probabilities averaged over input scales and (optionally) horizontal flips.
 
@@ -64,6 +69,8 @@ def multiscale_probabilities(
         aux: normalised aux.
         scales: input scales; ``(1.0,)`` without ``flip`` is a plain forward.
         flip: also run on the mirrored inputs.
+        present: (B, M) modality presence of a multi-modality network (passed as is to
+            every forward: presence does not change with scale or mirroring).
 
     Shape:
         rgb: (B, 3, H, W); aux: (B, Ca, H, W) -> (B, K, H, W), summing to 1 over K.
@@ -76,7 +83,7 @@ def multiscale_probabilities(
         r, a = (rgb, aux) if hw == tuple(size) else (_resize(rgb, hw), _resize(aux, hw))
         for mirrored in (False, True) if flip else (False,):
             x_r, x_a = (r.flip(-1), a.flip(-1)) if mirrored else (r, a)
-            logits = net(x_r, x_a)
+            logits = net(x_r, x_a) if present is None else net(x_r, x_a, present)
             if mirrored:
                 logits = logits.flip(-1)
             if logits.shape[-2:] != size:

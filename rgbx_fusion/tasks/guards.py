@@ -20,7 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rgbx_fusion.errors import DeviceMemoryError, NonFiniteError, WeightsMismatchError
+from rgbx_fusion.errors import (
+    CheckpointError,
+    DeviceMemoryError,
+    NonFiniteError,
+    WeightsMismatchError,
+)
 from rgbx_fusion.models.state_dict import check_keys
 
 
@@ -107,12 +112,16 @@ def checkpoint_metadata(class_names: Sequence[str], config: str | None) -> dict[
     return {"version": __version__, "class_names": list(class_names), "config": config}
 
 
-def check_checkpoint_fits(task: nn.Module, checkpoint: Mapping[str, Any]) -> None:
+def check_checkpoint_fits(
+    task: nn.Module, checkpoint: Mapping[str, Any], source: str = "the checkpoint"
+) -> None:
     """Raise :class:`WeightsMismatchError` unless the checkpoint's weights fit ``task``.
 
     The message lists the mismatched keys and, where the checkpoint records them,
-    the network settings that differ (classes, backbone, fusion).
+    the network settings that differ (classes, backbone, fusion). A checkpoint of other
+    aux modalities than the data's is a :class:`CheckpointError` naming them first.
     """
+    check_modalities_fit(task, checkpoint, source)
     given = checkpoint.get("state_dict")
     if not isinstance(given, Mapping):
         return
@@ -127,6 +136,39 @@ def check_checkpoint_fits(task: nn.Module, checkpoint: Mapping[str, Any]) -> Non
             exc.unexpected,
             exc.shapes,
         ) from None
+
+
+def check_modalities_fit(task: Any, checkpoint: Mapping[str, Any], source: str) -> None:
+    """Raise a :class:`CheckpointError` when the checkpoint was trained on other aux
+    modalities (names, order or channels) than the data module links to ``task``."""
+    hp = checkpoint.get("hyper_parameters") or {}
+    mine = dict(getattr(task, "hparams", {}) or {})
+    theirs = dict(hp.get("modalities") or {}) or None
+    now = dict(mine.get("modalities") or {}) or None
+    if (theirs and list(theirs.items())) == (now and list(now.items())):
+        return
+    if theirs is None or now is None:
+        one = f"one aux image of {hp.get('aux_channels', mine.get('aux_channels'))} channel(s)"
+        raise CheckpointError(
+            f"{source} was trained on {theirs or one}, but the data has "
+            f"{now or one}: use the dataset's modality setting the model was trained with"
+        )
+    problems = [
+        f"{m!r} ({c} channel(s)) is not in the data" for m, c in theirs.items() if m not in now
+    ]
+    problems += [f"{m!r} is not in the checkpoint" for m in now if m not in theirs]
+    problems += [
+        f"{m!r} has {theirs[m]} channel(s) in the checkpoint and {now[m]} in the data"
+        for m in theirs
+        if m in now and theirs[m] != now[m]
+    ]
+    if not problems:
+        problems.append(f"the order differs: checkpoint {list(theirs)}, data {list(now)}")
+    raise CheckpointError(
+        f"{source} does not fit the data's modalities: {'; '.join(problems)} (checkpoint "
+        f"{theirs}, data {now}); set the dataset's modality to "
+        f"{','.join(theirs)!r}"
+    )
 
 
 def _setting_differences(task: Any, checkpoint: Mapping[str, Any]) -> str:

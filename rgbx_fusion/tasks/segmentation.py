@@ -201,7 +201,12 @@ class SegmentationTask(pl.LightningModule):
 
     def _augmented_test_step(self, batch: dict[str, Any]) -> None:
         probs = multiscale_probabilities(
-            self.net, batch["rgb"], batch["aux"], self.test_scales, self.test_flip
+            self.net,
+            batch["rgb"],
+            batch["aux"],
+            self.test_scales,
+            self.test_flip,
+            batch.get("present"),
         )
         mask = batch["mask"]
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), mask, ignore_index=self.ignore_index)
@@ -255,7 +260,8 @@ class SegmentationTask(pl.LightningModule):
         checkpoint["rgbx_fusion"] = checkpoint_metadata(self.class_names, self.run_config)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_fits(self, checkpoint)
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(self, checkpoint, f"checkpoint {path}" if path else "the checkpoint")
 
     def configure_optimizers(self) -> Any:
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}

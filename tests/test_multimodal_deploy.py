@@ -1,0 +1,108 @@
+"""A multi-modality model deployed: load_model and predict with one image per modality,
+export with one input per modality and the presence mask, and checkpoints of other
+modalities refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_overrides import run_stage
+
+import rgbx_fusion
+from rgbx_fusion.cli import main
+from rgbx_fusion.errors import CheckpointError, ConfigError
+from rgbx_fusion.export import presence_patterns
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def test_load_model_and_predict_with_absent_modalities(tiny_rgbdt_run: Path) -> None:
+    model = rgbx_fusion.load_model(tiny_rgbdt_run)
+    assert model.modalities == {"depth": 1, "thermal": 1}
+    assert model.preprocess.modalities == {"depth": 1, "thermal": 1}
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    depth = rng.uniform(1, 5, (48, 64)).astype(np.float32)
+    thermal = rng.uniform(0, 1, (48, 64)).astype(np.float32)
+    labels = model.predict(rgb, {"depth": depth})  # thermal absent
+    x_rgb, x_aux = model.preprocess(rgb, np.stack([depth, np.zeros_like(thermal)], -1))
+    with torch.no_grad():
+        expected = model(x_rgb, x_aux, torch.tensor([[True, False]])).argmax(1)[0]
+        full = model(x_rgb, x_aux).argmax(1)[0]
+    assert labels.shape == (48, 64) and torch.equal(labels, expected)
+    # the network reads presence, not zeros: a zero thermal image that is "present" differs
+    assert not torch.equal(expected, full)
+    both = model.predict(rgb, {"depth": depth, "thermal": thermal}, scales=(0.5, 1.0), flip=True)
+    assert both.shape == (48, 64)
+    with pytest.raises(ConfigError, match="one aux image per modality"):
+        model.predict(rgb, depth)
+    with pytest.raises(ConfigError, match=r"\['lidar'\]"):
+        model.predict(rgb, {"lidar": depth})
+    with pytest.raises(ConfigError, match=r"aux\['thermal'\] must be H×W×1"):
+        model.predict(rgb, {"thermal": thermal[:10]})
+
+
+@pytest.mark.export
+def test_onnx_export_takes_one_input_per_modality_and_the_mask(
+    tiny_rgbdt_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rgbdt.onnx"
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--ckpt", str(tiny_rgbdt_run), "--dynamic-batch", "--out", str(out)])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "every presence pattern of ['depth', 'thermal']" in printed
+    meta = json.loads((tmp_path / "rgbdt.onnx.json").read_text())
+    assert list(meta["inputs"]) == ["rgb", "depth", "thermal", "present"]
+    assert meta["inputs"]["present"] == ["batch", 2] and meta["max_abs_diff"] <= 1e-3
+    assert meta["normalization"]["modalities"] == {"depth": 1, "thermal": 1}
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["rgb", "depth", "thermal", "present"]
+    model = rgbx_fusion.load_model(tiny_rgbdt_run)
+    g = torch.Generator().manual_seed(3)
+    rgb, depth, thermal = (torch.randn(4, c, 48, 64, generator=g) for c in (3, 1, 1))
+    present = torch.tensor(presence_patterns(2))  # all, no depth, no thermal, none
+    feeds = {"rgb": rgb, "depth": depth, "thermal": thermal, "present": present}
+    (got,) = session.run(["logits"], {k: v.numpy() for k, v in feeds.items()})
+    with torch.no_grad():
+        ref = model(rgb, torch.cat([depth, thermal], 1), present)
+    assert np.abs(got - ref.numpy()).max() < 1e-3
+
+
+@pytest.mark.export
+def test_torch_export_of_a_multi_modality_checkpoint(tiny_rgbdt_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rgbdt.pt2"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["export", "--ckpt", str(tiny_rgbdt_run), "--format", "torch_export", "--out", str(out)]
+        )
+    assert exc.value.code == 0
+    module = torch.export.load(out).module()
+    logits = module(
+        torch.zeros(1, 3, 48, 64),
+        torch.zeros(1, 1, 48, 64),
+        torch.zeros(1, 1, 48, 64),
+        torch.tensor([[False, True]]),
+    )
+    assert logits.shape == (1, 12, 48, 64)  # the 12 classes of the RGB-D-T data
+
+
+def test_a_checkpoint_of_other_modalities_is_refused(
+    tiny_rgbdt_run: Path, tiny_rgbdt_root: Path
+) -> None:
+    config = tiny_rgbdt_run.parent.parent / "config.yaml"
+    base = [
+        "test",
+        "--config",
+        str(config),
+        "--data.num_workers=0",
+        f"--ckpt_path={tiny_rgbdt_run}",
+    ]
+    with pytest.raises(CheckpointError, match=r"best-.*ckpt does not fit.*order differs.*'depth,thermal'"):
+        run_stage([*base, "--data.dataset.init_args.modality=thermal,depth"])
+    with pytest.raises(CheckpointError, match=r"'thermal' \(1 channel\(s\)\) is not in the data"):
+        run_stage([*base, "--data.dataset.init_args.modality=depth"])
