@@ -102,7 +102,24 @@ def test_a_checkpoint_of_other_modalities_is_refused(
         "--data.num_workers=0",
         f"--ckpt_path={tiny_rgbdt_run}",
     ]
-    with pytest.raises(CheckpointError, match=r"best-.*ckpt does not fit.*order differs.*'depth,thermal'"):
+    with pytest.raises(
+        CheckpointError, match=r"best-.*ckpt does not fit.*order differs.*'depth,thermal'"
+    ):
         run_stage([*base, "--data.dataset.init_args.modality=thermal,depth"])
-    with pytest.raises(CheckpointError, match=r"'thermal' \(1 channel\(s\)\) is not in the data"):
+    with pytest.raises(ConfigError, match="several named aux modalities.*one aux image of 1"):
         run_stage([*base, "--data.dataset.init_args.modality=depth"])
+    from rgbx_fusion.tasks.guards import check_modalities_fit
+
+    class Task:
+        hparams = {"modalities": {"depth": 1, "thermal": 3}}
+
+    saved = {"hyper_parameters": {"modalities": {"depth": 1, "thermal": 1}}}
+    with pytest.raises(CheckpointError, match=r"x\.ckpt.*'thermal' has 1 channel\(s\).*3 in"):
+        check_modalities_fit(Task(), saved, "x.ckpt")
+    Task.hparams = {"modalities": {"depth": 1}}
+    with pytest.raises(CheckpointError, match=r"'thermal' \(1 channel\(s\)\) is not in the data"):
+        check_modalities_fit(Task(), saved, "x.ckpt")
+    Task.hparams = {"aux_channels": 1}
+    with pytest.raises(CheckpointError, match="one aux image"):
+        check_modalities_fit(Task(), saved, "x.ckpt")
+    check_modalities_fit(Task(), {"hyper_parameters": {"aux_channels": 1}}, "x.ckpt")

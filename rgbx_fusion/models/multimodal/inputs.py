@@ -19,6 +19,13 @@ def check_modalities(modalities: Mapping[str, int]) -> dict[str, int]:
     >>> check_modalities({"depth": 1, "thermal": 1})
     {'depth': 1, 'thermal': 1}
     """
+    if isinstance(modalities, int):  # built for a dataset of one aux image
+        raise ConfigError(
+            f"MultiModalSegmenter needs a dataset of several named aux modalities (e.g. "
+            f"modality: depth,thermal); the data has one aux image of {modalities} "
+            "channel(s): use RGBXSegmenter, or set the dataset's modality to the ones the "
+            "model was made for"
+        )
     if not isinstance(modalities, Mapping) or not modalities:
         raise ConfigError(
             "modalities must name at least one aux modality with its channels, e.g. "
