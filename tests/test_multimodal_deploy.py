@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -106,20 +107,18 @@ def test_a_checkpoint_of_other_modalities_is_refused(
         CheckpointError, match=r"best-.*ckpt does not fit.*order differs.*'depth,thermal'"
     ):
         run_stage([*base, "--data.dataset.init_args.modality=thermal,depth"])
-    with pytest.raises(ConfigError, match="several named aux modalities.*one aux image of 1"):
+    with pytest.raises(ConfigError, match=r"several named aux modalities.*one aux image of 1"):
         run_stage([*base, "--data.dataset.init_args.modality=depth"])
     from rgbx_fusion.tasks.guards import check_modalities_fit
 
-    class Task:
-        hparams = {"modalities": {"depth": 1, "thermal": 3}}
-
+    task = SimpleNamespace(hparams={"modalities": {"depth": 1, "thermal": 3}})
     saved = {"hyper_parameters": {"modalities": {"depth": 1, "thermal": 1}}}
     with pytest.raises(CheckpointError, match=r"x\.ckpt.*'thermal' has 1 channel\(s\).*3 in"):
-        check_modalities_fit(Task(), saved, "x.ckpt")
-    Task.hparams = {"modalities": {"depth": 1}}
+        check_modalities_fit(task, saved, "x.ckpt")
+    task.hparams = {"modalities": {"depth": 1}}
     with pytest.raises(CheckpointError, match=r"'thermal' \(1 channel\(s\)\) is not in the data"):
-        check_modalities_fit(Task(), saved, "x.ckpt")
-    Task.hparams = {"aux_channels": 1}
+        check_modalities_fit(task, saved, "x.ckpt")
+    task.hparams = {"aux_channels": 1}
     with pytest.raises(CheckpointError, match="one aux image"):
-        check_modalities_fit(Task(), saved, "x.ckpt")
-    check_modalities_fit(Task(), {"hyper_parameters": {"aux_channels": 1}}, "x.ckpt")
+        check_modalities_fit(task, saved, "x.ckpt")
+    check_modalities_fit(task, {"hyper_parameters": {"aux_channels": 1}}, "x.ckpt")
