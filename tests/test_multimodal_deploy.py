@@ -5,6 +5,7 @@ modalities refused."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 from cli_overrides import run_stage
+from PIL import Image
 
 import rgbx_fusion
 from rgbx_fusion.cli import main
-from rgbx_fusion.errors import CheckpointError, ConfigError
+from rgbx_fusion.data.sets.images_multi import MultiImageFolderRGBX
+from rgbx_fusion.errors import CheckpointError, ConfigError, MissingFileError
 from rgbx_fusion.export import presence_patterns
 
 ort = pytest.importorskip("onnxruntime")
@@ -122,3 +125,57 @@ def test_a_checkpoint_of_other_modalities_is_refused(
     with pytest.raises(CheckpointError, match="one aux image"):
         check_modalities_fit(task, saved, "x.ckpt")
     check_modalities_fit(task, {"hyper_parameters": {"aux_channels": 1}}, "x.ckpt")
+
+
+def _own_images(root: Path, names: list[str], tmp_path: Path) -> dict[str, Path]:
+    dirs = {m: tmp_path / "own" / m for m in ("rgb", "depth", "thermal")}
+    for m, folder in dirs.items():
+        folder.mkdir(parents=True)
+        for name in names:
+            (source,) = (root / m).glob(f"{name}.*")
+            shutil.copy(source, folder / f"cam_{name}{source.suffix}")
+    return dirs
+
+
+def test_predict_on_folders_of_several_modalities_with_a_dropped_frame(
+    tiny_rgbdt_run: Path, tiny_rgbdt_root: Path, tmp_path: Path
+) -> None:
+    names = (tiny_rgbdt_root / "splits" / "test.txt").read_text().split()
+    dirs = _own_images(tiny_rgbdt_root, names, tmp_path)
+    (dirs["thermal"] / f"cam_{names[1]}.png").unlink()  # the thermal camera dropped a frame
+    out = tmp_path / "preds"
+    args = [
+        "predict",
+        "--config",
+        str(tiny_rgbdt_run.parent.parent / "config.yaml"),
+        f"--ckpt_path={tiny_rgbdt_run}",
+        f"--output_dir={out}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--data.num_workers=0",
+        "--data.eval_size=null",
+        "--data.dataset.class_path=rgbx_fusion.data.sets.images_multi.MultiImageFolderRGBX",
+        f"--data.dataset.init_args.rgb_dir={dirs['rgb']}",
+        f"--data.dataset.init_args.aux_dirs={{depth: {dirs['depth']}, thermal: {dirs['thermal']}}}",
+        "--data.dataset.init_args.depth_format=png16_mm",
+        f"--data.dataset.init_args.checkpoint={tiny_rgbdt_run}",
+    ]
+    with pytest.raises(MissingFileError, match=f"no thermal file for cam_{names[1]}"):
+        run_stage(args)
+    run_stage([*args, "--data.dataset.init_args.optional=[thermal]"])
+    written = sorted(p.name for p in (out / "labels").glob("*.png"))
+    assert written == [f"cam_{n}.png" for n in names]
+    model = rgbx_fusion.load_model(tiny_rgbdt_run)
+    data = MultiImageFolderRGBX(
+        rgb_dir=dirs["rgb"],
+        aux_dirs={m: dirs[m] for m in ("depth", "thermal")},
+        depth_format="png16_mm",
+        optional=["thermal"],
+        checkpoint=tiny_rgbdt_run,
+    )
+    sample = data[1]
+    assert sample["meta"]["present"] == [True, False]
+    expected = model.predict(sample["rgb"], {"depth": sample["aux"][..., 0]})
+    got = np.array(Image.open(out / "labels" / f"cam_{names[1]}.png"))
+    assert np.array_equal(got, expected.numpy())
+    with pytest.raises(ConfigError, match="aux_dirs names"):
+        MultiImageFolderRGBX(rgb_dir=dirs["rgb"], aux_dirs={"lidar": dirs["depth"]}, classes=["a"])
