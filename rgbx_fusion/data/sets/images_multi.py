@@ -99,9 +99,10 @@ class MultiImageFolderRGBX(Dataset[Sample]):
         self.aux_channels = len(self.modalities)
         self.depth_format = depth_format
         self.optional = tuple(optional)
-        self.classes = tuple(
-            classes if classes is not None else class_names_from_checkpoint(checkpoint)
-        )  # type: ignore[arg-type]
+        if classes is None:
+            assert checkpoint is not None
+            classes = class_names_from_checkpoint(checkpoint)
+        self.classes = tuple(classes)
         if palette is not None and len(palette) < len(self.classes):
             raise ConfigError(f"palette has {len(palette)} colours for {len(self.classes)} classes")
         self.palette = (
@@ -147,8 +148,10 @@ class MultiImageFolderRGBX(Dataset[Sample]):
             assert self.depth_format is not None
             depth = [aux["depth"][n] for n in names if n in aux["depth"]]
             check_depth_pngs(depth, self.depth_format)
-        files = [{"rgb": rgb[n], **{m: aux[m].get(n) for m in aux}} for n in names]
-        return names, files
+        pairs: list[dict[str, Path | None]] = [
+            {"rgb": rgb[n], **{m: aux[m].get(n) for m in aux}} for n in names
+        ]
+        return names, pairs
 
     def __len__(self) -> int:
         return len(self.names)
