@@ -1,6 +1,7 @@
-"""``rgbx-fusion benchmark``: network costs, operator scaling, data loading, HHA, registration.
+"""``rgbx-fusion benchmark``: network costs, operator scaling, data loading, HHA, registration,
+the cost of more modalities.
 
-Five modes, each printed as a table and saved as JSON/CSV with ``--out``:
+Six modes, each printed as a table and saved as JSON/CSV with ``--out``:
 
 * default (``--config``): the configured network vs plain add fusion vs the bare
   backbones (:mod:`rgbx_fusion.bench.benchmark`), with the fusion + alignment
@@ -14,7 +15,10 @@ Five modes, each printed as a table and saved as JSON/CSV with ``--out``:
   (:func:`rgbx_fusion.geometry.hha.bench_hha`, one thread by default);
 * ``--registration``: end-point error and seconds per pair of
   :func:`rgbx_fusion.geometry.registration.register` on random known warps of registered
-  pairs (:mod:`rgbx_fusion.bench.registration`).
+  pairs (:mod:`rgbx_fusion.bench.registration`);
+* ``--modality-cost`` (with a ``MultiModalSegmenter`` ``--config``): parameters, GFLOPs and
+  latency with 1, 2, ... aux modalities, one encoder per modality vs one shared
+  (:mod:`rgbx_fusion.bench.modality_cost`).
 """
 
 from __future__ import annotations
@@ -358,9 +362,49 @@ def run_benchmark(args: argparse.Namespace) -> int:
         run_hha(args)
     if args.data:
         run_data(args)
-    if not (alone or args.data):
+    if args.modality_cost:
+        run_modality_cost(args)
+    if not (alone or args.data or args.modality_cost):
         run_networks(args)
     return 0
+
+
+def run_modality_cost(args: argparse.Namespace) -> None:
+    """``--modality-cost``: separate vs shared aux encoders for 1..M aux modalities."""
+    import torch
+
+    from rgbx_fusion.bench.modality_cost import (
+        modality_cost,
+        multimodal_init_args,
+        parse_modalities,
+    )
+
+    init_args, modalities = multimodal_init_args(args.config)
+    if args.modalities:
+        modalities = parse_modalities(args.modalities)
+    size = parse_size(args.resolutions.split(",")[0])
+    device = torch.device(args.device)
+    console.print(
+        f"[dim]measuring 1 to {len(modalities)} aux modalities at {size[0]}×{size[1]}[/dim]"
+    )
+    rows = modality_cost(
+        init_args, modalities, args.num_classes, size, device, args.warmup, args.iters, args.clock
+    )
+    table = Table(title=f"cost of more modalities: {' + '.join(args.config)} on {device}")
+    for col in ("aux modalities", "streams", "aux encoder", "params (M)", "GFLOPs", "latency ms"):
+        table.add_column(col, justify="left" if col == "aux modalities" else "right")
+    for r in rows:
+        table.add_row(
+            r["modalities"],
+            str(r["streams"]),
+            r["aux_encoder"],
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['gflops']:.2f}",
+            f"{r['latency_ms']:.1f}",
+        )
+    console.print(table)
+    console.print(_load_text())
+    _save(args.out, "modality_cost", {"load": _load_text(), "rows": rows}, rows)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -408,6 +452,18 @@ def parser() -> argparse.ArgumentParser:
         default="wall",
         help="wall: elapsed time; cpu: this process's CPU time (CPU only; steadier on a "
         "machine shared with other jobs). --data always uses wall time",
+    )
+    cost = bench.add_argument_group("cost of more modalities (--modality-cost)")
+    cost.add_argument(
+        "--modality-cost",
+        action="store_true",
+        help="separate vs shared aux encoders of a MultiModalSegmenter config, 1..M modalities",
+    )
+    cost.add_argument(
+        "--modalities",
+        default=None,
+        help="name:channels list (default: the config's dataset modalities), e.g. "
+        "depth:1,thermal:1,events:3",
     )
     scaling = bench.add_argument_group("operator scaling (--scaling)")
     scaling.add_argument(
