@@ -86,6 +86,12 @@ def test_list_and_prepare_commands(tmp_path: Path, capsys) -> None:
     listing = capsys.readouterr().out
     assert "AddFusion" in listing and "CMXFusion" in listing and "GFLOPs" in listing
     with pytest.raises(SystemExit) as exc:
+        main(["list", "multi-fusions", "--channels", "8", "--size", "8x8"])
+    assert exc.value.code == 0
+    listing = capsys.readouterr().out
+    assert "MultiSumFusion" in listing and "PairwiseEachFusion" in listing
+    assert "3 streams" in listing and "per pair" in listing
+    with pytest.raises(SystemExit) as exc:
         main(
             [
                 "prepare",

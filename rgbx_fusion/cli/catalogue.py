@@ -1,7 +1,9 @@
-"""``rgbx-fusion list``: the fusions, aligners, decoders and datasets the toolkit knows."""
+"""``rgbx-fusion list``: the fusions (two-stream and N-stream), aligners, decoders and
+datasets the toolkit knows."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,14 +18,19 @@ def run(argv: Sequence[str]) -> int:
     from rgbx_fusion.models.align import ALIGNERS
     from rgbx_fusion.models.decoders import DECODERS
     from rgbx_fusion.models.fusion import FUSIONS, RECTIFIERS
+    from rgbx_fusion.models.fusion.multi_pairwise import MULTI_FUSIONS
 
     p = ArgumentParser(prog="rgbx-fusion list", description=__doc__)
-    p.add_argument("what", choices=("fusions", "aligners", "decoders", "datasets"))
+    p.add_argument("what", choices=("fusions", "multi-fusions", "aligners", "decoders", "datasets"))
+    p.add_argument(
+        "--streams", type=int, default=3, help="streams of the multi-fusion costs (RGB + aux)"
+    )
     p.add_argument("--channels", type=int, default=64, help="channel width for costs")
     p.add_argument("--size", default="120x160", help="feature-map size HxW for costs")
     args = p.parse_args(list(argv))
     catalogue: dict[str, dict[str, Any]] = {
         "fusions": {**FUSIONS, **RECTIFIERS},
+        "multi-fusions": dict(MULTI_FUSIONS),
         "aligners": dict(ALIGNERS),
         "decoders": dict(DECODERS),
     }
@@ -31,9 +38,12 @@ def run(argv: Sequence[str]) -> int:
         from rgbx_fusion.data.plugins import dataset_registry
 
         catalogue["datasets"] = dataset_registry()
-    costs = args.what in ("fusions", "aligners")
+    costs = args.what in ("fusions", "multi-fusions", "aligners")
     h, w = parse_size(args.size)
-    title = args.what + (f" (costs at C={args.channels}, {h}×{w}, batch 1)" if costs else "")
+    streams = f", {args.streams} streams" if args.what == "multi-fusions" else ""
+    title = args.what + (
+        f" (costs at C={args.channels}, {h}×{w}{streams}, batch 1)" if costs else ""
+    )
     table = Table(title=title)
     for col in ("name", "class", "summary") + (("params", "GFLOPs") if costs else ()):
         table.add_column(col, justify="right" if col in ("params", "GFLOPs") else "left")
@@ -42,19 +52,29 @@ def run(argv: Sequence[str]) -> int:
         summary = getattr(cls, "summary", "") or (doc[0] if doc else "")
         row = [name, cls.__qualname__, summary.strip()]
         if costs:
-            row += operator_costs(cls, args.what, args.channels, h, w)
+            row += operator_costs(cls, args.what, args.channels, h, w, args.streams)
         table.add_row(*row)
     console.print(table)
     return 0
 
 
-def operator_costs(cls: Any, kind: str, channels: int, h: int, w: int) -> list[str]:
-    """Parameters and GFLOPs of one fusion/aligner on two C×H×W maps."""
+def operator_costs(
+    cls: Any, kind: str, channels: int, h: int, w: int, streams: int = 3
+) -> list[str]:
+    """Parameters and GFLOPs of one fusion/aligner on two C×H×W maps (a multi-fusion on
+    ``streams`` of them, all present)."""
     import torch
 
     from rgbx_fusion.bench.flops import count_flops, count_parameters
 
     x = torch.randn(1, channels, h, w)
+    if kind == "multi-fusions":
+        if "fusion" in inspect.signature(cls).parameters:
+            return ["per pair", "per pair"]  # the costs of the pairwise fusion it wraps
+        module = cls(channels, streams)
+        maps = [torch.randn(1, channels, h, w) for _ in range(streams)]
+        flops = count_flops(module, maps)  # type: ignore[arg-type]
+        return [f"{count_parameters(module):,}", f"{flops / 1e9:.3f}"]
     if kind == "fusions":
         module, aux = cls(channels), x.clone()
     else:
