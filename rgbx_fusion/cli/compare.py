@@ -29,6 +29,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _groups(text: str) -> tuple[str, ...]:
+    from rgbx_fusion.compare.robustness import GROUPS
+
+    groups = tuple(g.strip() for g in text.split(",") if g.strip())
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(f"expected groups from {', '.join(GROUPS)}, got {text!r}")
+    return groups
+
+
 def _pair(text: str) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     if not eq or not key:
@@ -49,6 +59,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also evaluate each best checkpoint under aux misregistration (x/y shift, "
         "rotation, scale), aux noise / holes and dark / noisy RGB",
+    )
+    p.add_argument(
+        "--robustness-kinds",
+        type=_groups,
+        default=None,
+        help="limit --robustness to these comma-separated groups: registration (aux "
+        "shifts, rotations, scales), sensor (aux noise / holes, dark / noisy RGB), modality "
+        "(each modality missing, missing at random, noisy); default: all",
     )
     p.add_argument("--no-speed", action="store_true", help="skip latency / peak-memory timing")
     p.add_argument(
@@ -130,7 +148,8 @@ def run(argv: Sequence[str]) -> int:
     summary = run_compare(
         config,
         out,
-        robustness=args.robustness,
+        robustness=args.robustness or bool(args.robustness_kinds),
+        robustness_groups=args.robustness_kinds,
         speed=not args.no_speed,
         executor=settings,
         submit_only=args.submit_only,

@@ -395,21 +395,45 @@ def run_modalities(resolved_config: str | Path) -> list[str]:
     return [m.strip() for m in str(value).split(",") if m.strip()] if value else []
 
 
-def default_perturbations(metrics: Sequence[dict[str, Any]]) -> dict[str, tuple[float, ...]]:
+#: ``compare --robustness-kinds``: the groups of perturbations a sweep may be limited to.
+GROUPS = ("registration", "sensor", "modality")
+_REGISTRATION = (
+    "aux_shift_x_px",
+    "aux_shift_y_px",
+    "aux_rotation_deg",
+    "aux_scale",
+    "aux_shift_px",
+)
+
+
+def group_of(kind: str) -> str:
+    """``registration`` (aux moved against RGB), ``modality`` (missing / noisy
+    modalities) or ``sensor`` (aux noise and holes, dark or noisy RGB)."""
+    if kind in _REGISTRATION:
+        return "registration"
+    return "modality" if is_modality_kind(kind) else "sensor"
+
+
+def default_perturbations(
+    metrics: Sequence[dict[str, Any]], groups: Sequence[str] = GROUPS
+) -> dict[str, tuple[float, ...]]:
     """:data:`PERTURBATIONS` plus the missing/noisy-modality protocols of every aux
-    modality the runs read (:mod:`rgbx_fusion.compare.missing`)."""
+    modality the runs read (:mod:`rgbx_fusion.compare.missing`), limited to ``groups``."""
     names = dict.fromkeys(n for m in metrics for n in run_modalities(m["resolved_config"]))
-    return {**PERTURBATIONS, **modality_kinds(list(names))} if names else dict(PERTURBATIONS)
+    kinds = {**PERTURBATIONS, **modality_kinds(list(names))} if names else dict(PERTURBATIONS)
+    return {k: v for k, v in kinds.items() if group_of(k) in groups}
 
 
 def run_robustness(
     metrics: Sequence[dict[str, Any]],
     out: Path,
     perturbations: Mapping[str, Sequence[float]] | None = None,
+    groups: Sequence[str] = GROUPS,
 ) -> list[dict[str, Any]]:
     """Sweep every run's best checkpoint; write robustness.csv / .json / .png / .md.
 
-    ``perturbations``: kind → levels, by default :func:`default_perturbations`.
+    ``perturbations``: kind → levels, by default :func:`default_perturbations` of
+    ``groups``.
 
     Each run's scores are cached in its folder (``robustness.json``): a rerun with the
     same levels evaluates nothing, one with other levels only the settings not scored
@@ -417,7 +441,7 @@ def run_robustness(
     (``shift_curve``) when both shift directions were swept.
     """
     if perturbations is None:
-        perturbations = default_perturbations(metrics)
+        perturbations = default_perturbations(metrics, groups)
     rows: list[dict[str, Any]] = []
     levels = {k: list(v) for k, v in perturbations.items()}
     for m in metrics:

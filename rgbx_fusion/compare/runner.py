@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -297,6 +297,7 @@ def run_compare(
     submit_only: bool = False,
     gallery: int = 6,
     poll_s: float = 5.0,
+    robustness_groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train what is not done yet, then write the report.
 
@@ -307,6 +308,8 @@ def run_compare(
     again. ``submit_only`` returns once the SLURM array is queued (no report).
     ``after_run(variant, seed, metrics)`` is called after each run the sequential
     executor finishes (a hook for progress reporting, and for tests).
+    ``robustness_groups`` limits ``robustness`` to these groups of perturbations
+    (:data:`~rgbx_fusion.compare.robustness.GROUPS`).
     """
     settings = executor or ExecutorSettings()
     out = Path(out)
@@ -342,7 +345,8 @@ def run_compare(
         )
         return {**summary, "trained": [], "failed": [], "rows": []}
     states = wait_for(jobs, poll_s) if active or settings.kind == "slurm" else grid_states(jobs)
-    return _collect(config, out, jobs, states, summary, robustness, gallery)
+    groups = tuple(robustness_groups) if robustness_groups else None
+    return _collect(config, out, jobs, states, summary, robustness, gallery, groups)
 
 
 def _collect(
@@ -353,6 +357,7 @@ def _collect(
     summary: dict[str, Any],
     robustness: bool,
     gallery: int,
+    robustness_groups: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Read every finished run, report the failed ones, write the report."""
     from rgbx_fusion.compare.report import write_report
@@ -381,9 +386,9 @@ def _collect(
     for name in unfinished:
         console.print(f"[yellow]{name}: {states[name].state}; a rerun continues it[/yellow]")
     if robustness and metrics:
-        from rgbx_fusion.compare.robustness import run_robustness
+        from rgbx_fusion.compare.robustness import GROUPS, run_robustness
 
-        summary["robustness"] = run_robustness(metrics, out)
+        summary["robustness"] = run_robustness(metrics, out, groups=robustness_groups or GROUPS)
     has_any = bool(metrics or failed)
     summary["rows"] = write_report(metrics, out, failed=failed, gallery=gallery) if has_any else []
     return summary

@@ -154,3 +154,30 @@ def test_the_missing_table_becomes_an_html_table() -> None:
     assert html.count("<tr>") == 2 and "<th>− depth</th>" in html
     assert "<td>a&lt;b</td><td>0.800</td><td>0.700</td>" in html
     assert pipe_table("no table") == ""
+
+
+def test_the_sweep_can_be_limited_to_groups(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rgbx_fusion.cli import main
+    from rgbx_fusion.compare.robustness import default_perturbations
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data:\n  dataset:\n    init_args:\n      modality: depth,thermal\n")
+    runs = [{"resolved_config": str(config)}]
+    everything = default_perturbations(runs)
+    assert "missing:thermal" in everything and "aux_shift_x_px" in everything
+    modality = default_perturbations(runs, ("modality",))
+    assert sorted(modality) == sorted(
+        ["aux_missing_p", *(f"{k}:{m}" for k in ("missing", "noise") for m in ("depth", "thermal"))]
+    )
+    sensor = default_perturbations(runs, ("sensor",))
+    assert sorted(sensor) == [
+        "aux_holes_fraction",
+        "aux_noise_std",
+        "rgb_dark_factor",
+        "rgb_noise_std",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--config", "x.yaml", "--robustness-kinds", "modality,colour"])
+    assert exc.value.code == 2 and "registration, sensor, modality" in capsys.readouterr().err
