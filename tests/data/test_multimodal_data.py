@@ -62,8 +62,44 @@ def test_bad_modality_options_are_typed_errors(tiny_rgbdt_root: Path, tmp_path: 
     with pytest.raises(DatasetError, match=r"dataset\.json"):
         SyntheticRGBX("train", tiny_rgbdt_root, "depth,hha")
     eye = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
-    with pytest.raises(ConfigError, match="several aux modalities"):
+    with pytest.raises(ConfigError, match="must be a dict modality"):
         FolderRGBX("train", tiny_rgbdt_root, "depth,thermal", aux_from_rgb=eye)
+    with pytest.raises(ConfigError, match=r"names \['hha'\]"):
+        FolderRGBX("train", tiny_rgbdt_root, "depth,thermal", aux_from_rgb={"hha": eye})
+    with pytest.raises(ConfigError, match="for several modalities"):
+        FolderRGBX("train", tiny_rgbdt_root, "depth", aux_from_rgb={"depth": eye})
+
+
+def test_each_modality_applies_its_own_declared_transform(
+    tiny_rgbdt_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_rgbdt_root, root)
+    before = FolderRGBX("train", root, "depth,thermal")[2]["aux"]
+    info = json.loads((root / "dataset.json").read_text())
+    shift = [[1.0, 0.0, 3.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]  # RGB x → thermal x + 3
+    info["modalities"]["thermal"]["aux_from_rgb"] = shift
+    (root / "dataset.json").write_text(json.dumps(info))
+    after = FolderRGBX("train", root, "depth,thermal")[2]["aux"]
+    assert np.array_equal(after[..., 0], before[..., 0])  # depth untouched
+    assert np.allclose(after[:, :-3, 1], before[:, 3:, 1], atol=1e-6)
+    assert (after[:, -3:, 1] == 0).all()  # outside the thermal frame
+    override = FolderRGBX("train", root, "depth,thermal", aux_from_rgb={"depth": shift})[2]["aux"]
+    assert np.array_equal(override[:, :-3, 0], before[:, 3:, 0])  # the option wins per key
+    info["modalities"]["thermal"]["aux_from_rgb"] = [[1.0, 0.0], [0.0, 1.0]]
+    (root / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(
+        ConfigError, match=r"dataset\.json, key 'modalities\.thermal\.aux_from_rgb'"
+    ):
+        FolderRGBX("train", root, "depth,thermal")
+    del info["modalities"]["thermal"]["aux_from_rgb"]
+    info["aux_from_rgb"] = shift
+    (root / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(
+        ConfigError, match=r"dataset\.json: the top-level 'aux_from_rgb' is ambiguous"
+    ):
+        FolderRGBX("train", root, "depth,thermal")
+    assert FolderRGBX("train", root, "thermal").rig is not None  # one modality: as before
 
 
 def test_normalisation_and_batches_keep_each_modality_apart() -> None:

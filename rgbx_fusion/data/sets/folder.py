@@ -8,7 +8,7 @@ at once with its name, not later inside a DataLoader worker.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy.typing as npt
 from torch.utils.data import Dataset
 
 from rgbx_fusion.data.depth import DEPTH_FORMATS, decode_depth, read_image_array
-from rgbx_fusion.data.rig import DeclaredTransform
+from rgbx_fusion.data.rig import DeclaredTransform, validate_matrix
 from rgbx_fusion.errors import (
     ConfigError,
     CorruptFileError,
@@ -129,7 +129,9 @@ class FolderRGBX(Dataset[Sample]):
         classes: class names; ``None`` takes them from ``dataset.json``.
         ignore_index: label value of unlabelled pixels.
         aux_from_rgb: 3×3 rig transform, RGB pixel → stored aux pixel; overrides the
-            ``aux_from_rgb`` key of ``dataset.json``. With either, every aux image is
+            ``aux_from_rgb`` key of ``dataset.json``. With several modalities, a dict
+            modality → 3×3 (each overriding ``modalities.<name>.aux_from_rgb``), applied
+            to that modality alone. With either, every aux image is
             resampled onto the RGB grid when it is loaded (:mod:`rgbx_fusion.data.rig`:
             depth by nearest neighbour, thermal bilinearly, outside the aux frame → 0),
             so aux may have another size than RGB. A per-frame ground truth T of
@@ -148,7 +150,9 @@ class FolderRGBX(Dataset[Sample]):
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int = 255,
-        aux_from_rgb: Sequence[Sequence[float]] | None = None,
+        aux_from_rgb: Sequence[Sequence[float]]
+        | dict[str, Sequence[Sequence[float]]]
+        | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -178,17 +182,24 @@ class FolderRGBX(Dataset[Sample]):
                 f"{self.depth_format!r}); set data.dataset.init_args.depth_format"
             )
         self.camera_k = info.get("K")
-        self.rig = DeclaredTransform.load(self.root / "dataset.json", info, aux_from_rgb)
-        if self.rig is not None and len(kinds) > 1:
-            raise ConfigError(
-                f"{self.root / 'dataset.json'}: a declared aux_from_rgb with several aux "
-                f"modalities ({modality}) is not supported; register them onto RGB first"
+        found = info.get("modalities")
+        declared: dict[str, Any] = found if isinstance(found, dict) else {}
+        self.rig: DeclaredTransform | None = None
+        self.rigs: dict[str, DeclaredTransform] = {}
+        if len(kinds) > 1:
+            self.rigs = _modality_rigs(
+                self.root / "dataset.json", info, declared, kinds, aux_from_rgb
             )
+        elif isinstance(aux_from_rgb, Mapping):
+            raise ConfigError(
+                f"aux_from_rgb as a dict (modality → matrix) is for several modalities; "
+                f"with modality={modality!r} pass the one 3×3 matrix"
+            )
+        else:
+            self.rig = DeclaredTransform.load(self.root / "dataset.json", info, aux_from_rgb)
         self.aux_channels = len(kinds)
         if len(kinds) > 1:
             self.modalities = dict.fromkeys(kinds, 1)
-        found = info.get("modalities")
-        declared: dict[str, Any] = found if isinstance(found, dict) else {}
         self.optional = {
             m for m in kinds if isinstance(declared.get(m), dict) and declared[m].get("optional")
         }
@@ -243,6 +254,8 @@ class FolderRGBX(Dataset[Sample]):
         for kind in self.aux_kinds:
             path = files.get(f"aux:{kind}")
             plane = np.zeros(size[:2], np.float32) if path is None else self.read_aux(path, kind)
+            if path is not None and kind in self.rigs:
+                plane = self.rigs[kind].resample(plane, (size[0], size[1]), kind)
             if plane.shape[:2] != size[:2]:
                 assert path is not None
                 raise ShapeMismatchError(
@@ -308,3 +321,51 @@ def _default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
         r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)
         out.append((int(r * 255), int(g * 255), int(b * 255)))
     return tuple(out)
+
+
+def _modality_rigs(
+    dataset_json: Path,
+    info: Mapping[str, Any],
+    declared: Mapping[str, Any],
+    kinds: Sequence[str],
+    override: Any,
+) -> dict[str, DeclaredTransform]:
+    """The declared rig transform of each modality of a multi-modality dataset.
+
+    Each modality's own ``aux_from_rgb`` (``modalities.<name>.aux_from_rgb`` in
+    ``dataset.json``, or the ``aux_from_rgb`` option as a dict name → 3×3), applied to
+    that modality only; a modality without one is already on the RGB grid.
+
+    Raises:
+        ConfigError: a top-level ``aux_from_rgb`` or one matrix for several modalities
+            (which modality would it be?), a name that is not a modality, or a bad matrix.
+    """
+    if info.get("aux_from_rgb") is not None:
+        raise ConfigError(
+            f"{dataset_json}: the top-level 'aux_from_rgb' is ambiguous with several aux "
+            f"modalities ({', '.join(kinds)}); declare each modality's under "
+            "modalities.<name>.aux_from_rgb"
+        )
+    if override is not None and not isinstance(override, Mapping):
+        raise ConfigError(
+            f"aux_from_rgb with several modalities ({', '.join(kinds)}) must be a dict "
+            "modality → 3×3 matrix"
+        )
+    overrides = dict(override or {})
+    unknown = [m for m in overrides if m not in kinds]
+    if unknown:
+        raise ConfigError(f"aux_from_rgb names {unknown}, which are not modalities {list(kinds)}")
+    rigs = {}
+    for kind in kinds:
+        entry = declared.get(kind)
+        section = entry if isinstance(entry, Mapping) else {}
+        option = f"data.dataset.init_args.aux_from_rgb[{kind!r}]"
+        rig = (
+            DeclaredTransform.load(None, {}, overrides[kind], option) if kind in overrides else None
+        )
+        if rig is None and section.get("aux_from_rgb") is not None:
+            source = f"{dataset_json}, key 'modalities.{kind}.aux_from_rgb'"
+            rig = DeclaredTransform(validate_matrix(section["aux_from_rgb"], source), source)
+        if rig is not None:
+            rigs[kind] = rig
+    return rigs
