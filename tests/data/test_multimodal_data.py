@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 from cli_overrides import run_stage, small_cli_args
+from PIL import Image
 
 from rgbx_fusion.data.datamodule import RGBXDataModule
 from rgbx_fusion.data.sample import collate
 from rgbx_fusion.data.sets.folder import FolderRGBX
 from rgbx_fusion.data.sets.synthetic import SyntheticRGBX
 from rgbx_fusion.data.transforms import Normalizer
-from rgbx_fusion.errors import ConfigError, DatasetError, MissingFileError
+from rgbx_fusion.errors import ConfigError, DatasetError, MissingFileError, ShapeMismatchError
 from rgbx_fusion.models.multimodal import MultiModalSegmenter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,3 +200,17 @@ def test_bad_modality_dropout_is_a_typed_error(tiny_rgbdt_root: Path) -> None:
     )
     with pytest.raises(ConfigError, match="several named aux modalities"):
         one.dataset("fit")
+
+
+def test_modalities_of_another_size_are_a_typed_error(
+    tiny_rgbdt_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_rgbdt_root, root)
+    name = (root / "splits" / "train.txt").read_text().split()[0]
+    path = root / "thermal" / f"{name}.png"
+    small = np.asarray(Image.open(path))[:40, :50]
+    Image.fromarray(small).save(path)
+    data = FolderRGBX("train", root, "depth,thermal")
+    with pytest.raises(ShapeMismatchError, match=rf"thermal/{name}\.png.*60×80.*found 40×50"):
+        data[0]
