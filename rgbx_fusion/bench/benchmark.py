@@ -321,8 +321,11 @@ def network_builders(
     return builders
 
 
-def network_init_args(configs: Sequence[str | Path]) -> dict[str, Any]:
-    """``model.network.init_args`` of a training config stack (RGBXSegmenter only).
+def network_init_args(
+    configs: Sequence[str | Path], network_class: str = "RGBXSegmenter", mode: str = "benchmark"
+) -> dict[str, Any]:
+    """``model.network.init_args`` of a training config stack whose network is
+    ``network_class`` (a :class:`ConfigError` naming ``mode`` otherwise).
 
     Backbone initialisations are switched off (``pretrained: false``, no ``backbone_weights``):
     timing does not depend on the weights, and the benchmark runs offline.
@@ -332,9 +335,9 @@ def network_init_args(configs: Sequence[str | Path]) -> dict[str, Any]:
 
     network = resolve(configs).get("model.network")
     cls = str(getattr(network, "class_path", ""))
-    if not cls.endswith("RGBXSegmenter"):
+    if not cls.endswith(network_class):
         raise ConfigError(
-            f"{' + '.join(map(str, configs))}: benchmark supports RGBXSegmenter "
+            f"{' + '.join(map(str, configs))}: {mode} supports {network_class} "
             f"networks, found {cls or network!r}"
         )
     init_args = network.get("init_args")

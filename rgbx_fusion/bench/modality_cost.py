@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rgbx_fusion.bench.benchmark import timer
+from rgbx_fusion.bench.benchmark import network_init_args, timer
 from rgbx_fusion.bench.flops import count_flops, count_parameters
 from rgbx_fusion.errors import ConfigError
 
@@ -31,19 +31,9 @@ def multimodal_init_args(configs: Sequence[str | Path]) -> tuple[dict[str, Any],
         ConfigError: the stack's network is another class.
     """
     from rgbx_fusion.experiment import resolve
-    from rgbx_fusion.inference import without_initial_weights
 
-    cfg = resolve(configs)
-    network = cfg.get("model.network")
-    cls = str(getattr(network, "class_path", ""))
-    if not cls.endswith("MultiModalSegmenter"):
-        raise ConfigError(
-            f"{' + '.join(map(str, configs))}: --modality-cost needs a MultiModalSegmenter "
-            f"network (e.g. configs/synthetic/rgbdt.yaml), found {cls or network!r}"
-        )
-    init_args = network.get("init_args")
-    args = without_initial_weights(init_args.as_dict() if init_args is not None else {})
-    modality = cfg.get("data.dataset.init_args.modality") or ""
+    args = network_init_args(configs, "MultiModalSegmenter", "--modality-cost")
+    modality = resolve(configs).get("data.dataset.init_args.modality") or ""
     names = [m.strip() for m in str(modality).split(",") if m.strip()]
     return args, dict.fromkeys(names, 1)
 

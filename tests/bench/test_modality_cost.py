@@ -51,11 +51,11 @@ def test_separate_encoders_grow_with_each_modality_and_a_shared_one_does_not() -
 
 
 def test_modality_cost_needs_a_multi_modality_config(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match="needs a MultiModalSegmenter"):
+    with pytest.raises(ConfigError, match="--modality-cost supports MultiModalSegmenter"):
         multimodal_init_args([CONFIGS / "base.yaml"])
     with pytest.raises(ConfigError, match="name:channels"):
         parse_modalities("depth:x")
     with pytest.raises(SystemExit) as exc:
         main(["benchmark", "--modality-cost", "--config", str(CONFIGS / "base.yaml")])
     assert exc.value.code != 0
-    assert "needs a MultiModalSegmenter" in capsys.readouterr().err
+    assert "supports MultiModalSegmenter" in capsys.readouterr().err

@@ -54,6 +54,27 @@ def index_by_stem(folder: Path, extensions: Sequence[str], role: str) -> dict[st
     return found
 
 
+def classes_and_palette(
+    classes: Sequence[str] | None,
+    palette: Sequence[Sequence[int]] | None,
+    checkpoint: str | Path | None,
+) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """Class names (given, else the checkpoint's) and overlay colours (given, else the
+    default palette) of an unlabelled folder; a :class:`ConfigError` for too few colours."""
+    if classes is None:
+        assert checkpoint is not None
+        classes = class_names_from_checkpoint(checkpoint)
+    names = tuple(classes)
+    if palette is not None and len(palette) < len(names):
+        raise ConfigError(f"palette has {len(palette)} colours for {len(names)} classes")
+    colours = (
+        tuple(tuple(int(v) for v in c) for c in palette)
+        if palette is not None
+        else _default_palette(len(names))
+    )
+    return names, colours
+
+
 def _names(stems: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(stems[:limit])
     return shown + (f" (+{len(stems) - limit} more)" if len(stems) > limit else "")
@@ -157,20 +178,7 @@ class ImageFolderRGBX(Dataset[Sample]):
                 "ImageFolderRGBX needs the model's class names: pass classes, or checkpoint "
                 "(the checkpoint you predict with)"
             )
-        self.classes = (
-            tuple(classes)
-            if classes is not None
-            else tuple(
-                class_names_from_checkpoint(checkpoint)  # type: ignore[arg-type]
-            )
-        )
-        if palette is not None and len(palette) < len(self.classes):
-            raise ConfigError(f"palette has {len(palette)} colours for {len(self.classes)} classes")
-        self.palette = (
-            tuple(tuple(int(v) for v in c) for c in palette)
-            if palette is not None
-            else _default_palette(len(self.classes))
-        )
+        self.classes, self.palette = classes_and_palette(classes, palette, checkpoint)
         self.ignore_index = ignore_index
         self.rig = DeclaredTransform.load(None, {}, aux_from_rgb)
         self.names, self.files = self._pair(unpaired)

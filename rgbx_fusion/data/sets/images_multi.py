@@ -19,12 +19,12 @@ import numpy.typing as npt
 from torch.utils.data import Dataset
 
 from rgbx_fusion.data.depth import DEPTH_FORMATS
-from rgbx_fusion.data.sets.folder import MODALITIES, _default_palette, read_rgb, read_thermal
+from rgbx_fusion.data.sets.folder import MODALITIES, read_rgb, read_thermal
 from rgbx_fusion.data.sets.images import (
     THERMAL_EXTENSIONS,
     UnpairedFilesWarning,
     _names,
-    class_names_from_checkpoint,
+    classes_and_palette,
     index_by_stem,
 )
 from rgbx_fusion.data.sets.paired import IMAGE_EXTENSIONS, check_depth_pngs, read_depth
@@ -99,17 +99,7 @@ class MultiImageFolderRGBX(Dataset[Sample]):
         self.aux_channels = len(self.modalities)
         self.depth_format = depth_format
         self.optional = tuple(optional)
-        if classes is None:
-            assert checkpoint is not None
-            classes = class_names_from_checkpoint(checkpoint)
-        self.classes = tuple(classes)
-        if palette is not None and len(palette) < len(self.classes):
-            raise ConfigError(f"palette has {len(palette)} colours for {len(self.classes)} classes")
-        self.palette = (
-            tuple(tuple(int(v) for v in c) for c in palette)
-            if palette is not None
-            else _default_palette(len(self.classes))
-        )
+        self.classes, self.palette = classes_and_palette(classes, palette, checkpoint)
         self.ignore_index = ignore_index
         self.names, self.files = self._pair(unpaired)
 
