@@ -102,8 +102,16 @@ def test_the_export_catalogue_covers_every_fusion_and_aligner() -> None:
     assert _covered(CATALOGUE) == set(FUSIONS.values()) | set(ALIGNERS.values())
 
 
+# The MLP decoder's ONNX export repeats the CMX one's operators (its torch.export test
+# runs in the default suite): slow.
+SLOW_ONNX = {"mid-cmx-mlp-decoder"}
+
+
 @pytest.mark.export
-@pytest.mark.parametrize("name", list(REPRESENTATIVE))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ONNX else n for n in REPRESENTATIVE],
+)
 def test_representative_networks_export_to_onnx_with_parity(name: str, tmp_path: Path) -> None:
     net = network(**REPRESENTATIVE[name])
     report = export_network(net, tmp_path / "net.onnx", "onnx", SIZE, 1, dynamic_batch=True)
