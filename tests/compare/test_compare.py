@@ -164,6 +164,12 @@ def test_shipped_compare_configs_validate() -> None:
         "rgb_depth",
         "rgb_thermal",
         "rgb_depth_thermal",
+        "rgb_depth_thermal_dropout",
+        "rgb_depth_thermal_dropout_token",
+        "rgb_depth_thermal_dropout_14ep",
+        "rgb_only_14ep",
+        "rgb_depth_14ep",
+        "rgb_thermal_14ep",
     ]
     nyu = load_compare_config(BASE.parents[1] / "compare" / "nyudv2.yaml")
     assert len(nyu.variants) == 5 and nyu.seeds == (0, 1, 2)
