@@ -170,6 +170,7 @@ def test_shipped_compare_configs_validate() -> None:
         "rgb_only_14ep",
         "rgb_depth_14ep",
         "rgb_thermal_14ep",
+        "rgb_depth_thermal_dropout_d40_t60_14ep",
     ]
     nyu = load_compare_config(BASE.parents[1] / "compare" / "nyudv2.yaml")
     assert len(nyu.variants) == 5 and nyu.seeds == (0, 1, 2)
