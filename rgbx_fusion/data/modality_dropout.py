@@ -106,7 +106,7 @@ class ModalityDropout:
         for name in dropped:
             present[self.names.index(name)] = False
             aux[self.slices[name]] = 0
-        meta = {**sample["meta"], "present": present, "dropped": dropped}
+        meta = {**sample["meta"], "present": present}
         return {**sample, "aux": aux, "meta": meta}
 
 

@@ -145,7 +145,7 @@ def check_modalities_fit(task: Any, checkpoint: Mapping[str, Any], source: str) 
     mine = dict(getattr(task, "hparams", {}) or {})
     theirs = dict(hp.get("modalities") or {}) or None
     now = dict(mine.get("modalities") or {}) or None
-    if (theirs and list(theirs.items())) == (now and list(now.items())):
+    if (theirs and list(theirs.items())) == (now and list(now.items())):  # order counts
         return
     if theirs is None or now is None:
         one = f"one aux image of {hp.get('aux_channels', mine.get('aux_channels'))} channel(s)"
