@@ -15,8 +15,8 @@ from rgbx_fusion.compare.missing import (
     missing_table,
     modality_kinds,
 )
+from rgbx_fusion.compare.perturbations import PERTURBATIONS
 from rgbx_fusion.compare.robustness import (
-    PERTURBATIONS,
     evaluate_checkpoint,
     load_run,
     run_modalities,

@@ -10,19 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from rgbx_fusion.compare.robustness import (
+from rgbx_fusion.compare.perturbations import (
     PERTURBATIONS,
-    SHIFT_CURVE,
-    _cached,
-    evaluate_checkpoint,
     holes,
     is_clean,
     perturb,
     rotate_aux,
-    run_robustness,
     scale_aux,
     setting,
     shift_aux,
+)
+from rgbx_fusion.compare.robustness import (
+    SHIFT_CURVE,
+    _cached,
+    evaluate_checkpoint,
+    run_robustness,
     shift_curve,
     sweep,
 )
