@@ -122,7 +122,9 @@ def test_a_checkpoint_of_other_modalities_is_refused(
     with pytest.raises(CheckpointError, match=r"'thermal' \(1 channel\(s\)\) is not in the data"):
         check_modalities_fit(task, saved, "x.ckpt")
     task.hparams = {"aux_channels": 1}
-    with pytest.raises(CheckpointError, match="one aux image"):
+    with pytest.raises(
+        CheckpointError, match=r"'thermal': 1\}, but the data has one aux image of 1 "
+    ):
         check_modalities_fit(task, saved, "x.ckpt")
     check_modalities_fit(task, {"hyper_parameters": {"aux_channels": 1}}, "x.ckpt")
 

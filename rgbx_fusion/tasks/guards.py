@@ -148,10 +148,11 @@ def check_modalities_fit(task: Any, checkpoint: Mapping[str, Any], source: str) 
     if (theirs and list(theirs.items())) == (now and list(now.items())):  # order counts
         return
     if theirs is None or now is None:
-        one = f"one aux image of {hp.get('aux_channels', mine.get('aux_channels'))} channel(s)"
+        trained = theirs or f"one aux image of {hp.get('aux_channels', '?')} channel(s)"
+        data = now or f"one aux image of {mine.get('aux_channels', '?')} channel(s)"
         raise CheckpointError(
-            f"{source} was trained on {theirs or one}, but the data has "
-            f"{now or one}: use the dataset's modality setting the model was trained with"
+            f"{source} was trained on {trained}, but the data has {data}: use the "
+            "dataset's modality setting the model was trained with"
         )
     problems = [
         f"{m!r} ({c} channel(s)) is not in the data" for m, c in theirs.items() if m not in now
