@@ -154,6 +154,42 @@ def warp_valid_bilinear(image: Tensor, flow: Tensor) -> Tensor:
     return torch.where(cover > 1 - 1e-4, out, torch.zeros_like(out))
 
 
+def reflect_inside(flow: Tensor) -> Tensor:
+    """``flow`` changed so that every sampled position ``p + flow(p)`` outside the image is
+    mirrored back in (about the first and last pixel centres); positions inside are kept.
+
+    Shape:
+        flow: (B, 2, H, W) -> (B, 2, H, W)
+    """
+    h, w = flow.shape[-2:]
+    grid = pixel_grid(h, w, device=flow.device, dtype=flow.dtype)
+    pos = grid + flow
+    folded = []
+    for axis, n in ((0, w), (1, h)):
+        period = 2 * max(n - 1, 1)
+        t = torch.remainder(pos[:, axis], period)
+        folded.append(torch.where(t > n - 1, period - t, t))
+    return torch.stack(folded, dim=1) - grid
+
+
+def random_margins(
+    batch: int, size: tuple[int, int], largest: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """A mask that is 0 on a band of random width (uniform in ``[0, largest]`` pixels) along
+    each side of each image and 1 elsewhere.
+
+    Shape:
+        -> (batch, 1, H, W), float32, on the CPU
+    """
+    h, w = size
+    widths = (torch.rand(batch, 4, generator=generator) * (largest + 1)).floor()
+    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    left, right, top, bottom = (widths[:, i].view(batch, 1, 1) for i in range(4))
+    keep = (xs >= left) & (xs < w - right) & (ys >= top) & (ys < h - bottom)
+    return keep[:, None].float()
+
+
 def endpoint_errors(flow: Tensor, target: Tensor) -> Tensor:
     """Mean Euclidean distance per image, ``(B,)``."""
     return (flow - target).pow(2).sum(1).add(1e-12).sqrt().flatten(1).mean(1)
@@ -180,6 +216,15 @@ class AlignmentTask(pl.LightningModule):
             own warp (data loading is the slow part; the aligner is cheap).
         aux_interpolation: ``nearest`` (depth: never mixes values across edges) or
             ``bilinear`` (0 where a missing pixel takes part).
+        outside: what a warped aux shows where it samples outside the frame: ``zeros``
+            (missing) or ``reflect`` (the image mirrored at its edges). With ``zeros`` the
+            band of missing pixels along the frame edges gives the warp away, and an aligner
+            on weakly structured pairs (thermal at night) learns to read that band instead of
+            matching the images; ``reflect`` leaves only the images to match.
+        random_margin: largest width, pixels, of a band of missing pixels put along each
+            side of every warped aux (each side its own uniform width, independent of the
+            warp), so that the aligner meets missing frame edges in training without their
+            telling the warp (0: none).
         loss: ``epe`` (mean end-point error) or ``l1`` (mean absolute flow difference).
         level_weight: weight of the coarser levels' EPE (deep supervision; 0: final only).
         align_loss_weight: weight of the aligner's ``regularization()``.
@@ -204,6 +249,8 @@ class AlignmentTask(pl.LightningModule):
         flow_grid: int = 4,
         warps_per_image: int = 1,
         aux_interpolation: Literal["nearest", "bilinear"] = "nearest",
+        outside: Literal["zeros", "reflect"] = "zeros",
+        random_margin: float = 0.0,
         loss: Literal["epe", "l1"] = "epe",
         level_weight: float = 0.5,
         align_loss_weight: float = 1.0,
@@ -218,6 +265,10 @@ class AlignmentTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["aligner"])
         if aux_interpolation not in ("nearest", "bilinear"):
             raise ConfigError(f"aux_interpolation must be nearest or bilinear: {aux_interpolation}")
+        if outside not in ("zeros", "reflect"):
+            raise ConfigError(f"outside must be 'zeros' or 'reflect', got {outside!r}")
+        if random_margin < 0:
+            raise ConfigError(f"random_margin must be ≥ 0 pixels, got {random_margin}")
         if loss not in ("epe", "l1"):
             raise ConfigError(f"loss must be 'epe' or 'l1', got {loss!r}")
         if warps_per_image < 1:
@@ -264,8 +315,13 @@ class AlignmentTask(pl.LightningModule):
         sample_at = matrix_flow(torch.linalg.inv(matrix), h, w).to(aux.dtype)
         if extra is not None:
             sample_at = sample_at + extra
+        if hp.get("outside", "zeros") == "reflect":
+            sample_at = reflect_inside(sample_at)
         warp = warp_nearest if hp.aux_interpolation == "nearest" else warp_valid_bilinear
         warped = warp(aux, sample_at)
+        margin = float(hp.get("random_margin", 0.0))
+        if margin > 0:
+            warped = warped * random_margins(b, (h, w), margin, generator).to(warped)
         target = inverse_target(matrix, None if extra is None else extra.double(), (h, w))
         return warped, target.to(aux.dtype), mats
 

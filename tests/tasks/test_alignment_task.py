@@ -21,7 +21,9 @@ from rgbx_fusion.models.segmenter import RGBXSegmenter
 from rgbx_fusion.tasks.alignment import (
     AlignmentTask,
     endpoint_errors,
+    random_margins,
     random_matrices,
+    reflect_inside,
     warp_nearest,
 )
 
@@ -83,6 +85,46 @@ def test_missing_depth_stays_missing_and_outside_is_zero() -> None:
             inside = warped[warped != 0]
             assert inside.min() >= 3.0 - 1e-5 and inside.max() <= 7.0 + 1e-5
         assert (warped == 0).sum() >= 0.8 * (aux == 0).sum()  # the hole moved, not filled
+
+
+def test_reflect_mirrors_outside_positions_and_keeps_inside_ones() -> None:
+    flow = torch.zeros(1, 2, 5, 6)
+    flow[0, 0, 0, 0] = -2.0  # x = -2 -> 2
+    flow[0, 0, 0, 5] = 1.5  # x = 6.5 -> 3.5
+    flow[0, 1, 4, 2] = 3.0  # y = 7 -> 1
+    flow[0, 0, 2, 2] = 1.25  # stays inside: unchanged
+    out = reflect_inside(flow)
+    assert out[0, 0, 0, 0] == 2.0 and out[0, 0, 0, 5] == -1.5 and out[0, 1, 4, 2] == -3.0
+    assert out[0, 0, 2, 2] == 1.25
+    pos = out + torch.stack(torch.meshgrid(torch.arange(6.0), torch.arange(5.0), indexing="xy"))
+    assert pos[:, 0].min() >= 0 and pos[:, 0].max() <= 5 and pos[:, 1].max() <= 4
+
+
+def test_reflect_leaves_no_missing_band_and_margins_do_not_follow_the_warp() -> None:
+    aux = _smooth(64, 1, 40, 56, seed=2)
+    zeros = AlignmentTask(partial(CorrelationAlign, **TINY), max_shift=6)
+    warped, target, _ = zeros.make_pair(aux, torch.Generator().manual_seed(0))
+    assert (warped == 0).any()
+    reflect = AlignmentTask(partial(CorrelationAlign, **TINY), max_shift=6, outside="reflect")
+    warped_r, target_r, _ = reflect.make_pair(aux, torch.Generator().manual_seed(0))
+    assert not (warped_r == 0).any()
+    torch.testing.assert_close(target_r, target)  # the same warp, the same target
+    inside = warp_by_flow(warped_r, target_r)[..., 12:-12, 14:-14]
+    torch.testing.assert_close(inside, aux[..., 12:-12, 14:-14], atol=0.5, rtol=0)
+    # random margins: missing bands whose widths say nothing about the warp's shift
+    margin = AlignmentTask(
+        partial(CorrelationAlign, **TINY), max_shift=6, outside="reflect", random_margin=10
+    )
+    warped_m, target_m, _ = margin.make_pair(aux, torch.Generator().manual_seed(0))
+    left = (warped_m[:, 0, 20] == 0).float().cumprod(-1).sum(-1)  # missing run from the left
+    shift_x = target_m[:, 0, 20, 0]
+    assert left.max() > 3 and left.max() <= 10
+    corr = torch.corrcoef(torch.stack((left, shift_x)))[0, 1]
+    assert corr.abs() < 0.5, corr
+    masks = random_margins(200, (20, 30), 4, torch.Generator().manual_seed(1))
+    assert masks.shape == (200, 1, 20, 30) and set(masks.unique().tolist()) == {0.0, 1.0}
+    assert (masks[:, 0, 10, :5] == 0).sum(-1).max() == 4  # never wider than asked
+    assert (masks[:, 0, 10, :5] == 0).sum(-1).min() == 0
 
 
 def test_random_matrices_respect_their_limits() -> None:
