@@ -14,10 +14,13 @@ Convention (as :func:`~rgbx_fusion.alignment_report.flow_from_matrix`): the warp
 pixels warped in from outside the frame are 0.
 
 Validation and test draw warps from a fixed seed (the same warps every epoch) and log
-``<split>/epe`` and ``<split>/epe_identity`` (the EPE of doing nothing), in pixels of the
-evaluated images. On data whose samples carry a ground-truth ``aux_from_rgb`` in ``meta`` (the
-misregistered synthetic data), the stored misregistration is measured instead of a random
-one. ``rgbx-fusion fit --config configs/align/synthetic_depth.yaml`` trains one.
+``<split>/epe``, ``<split>/epe_identity`` (the EPE of doing nothing) and
+``<split>/epe_unwarped`` (the motion the aligner puts on the registered pair itself, which
+should be 0: an aligner that reads the warp from anything but the images' content moves
+it), in pixels of the evaluated images. On data whose samples carry a ground-truth
+``aux_from_rgb`` in ``meta`` (the misregistered synthetic data), the stored misregistration
+is measured instead of a random one. ``rgbx-fusion fit --config
+configs/align/synthetic_depth.yaml`` trains one.
 """
 
 from __future__ import annotations
@@ -394,11 +397,14 @@ class AlignmentTask(pl.LightningModule):
         flow = self._flows(batch["rgb"], aux)[-1]
         epe = endpoint_errors(flow, target)
         none = endpoint_errors(torch.zeros_like(target), target)
-        sums = self._sums.setdefault(split, [0.0, 0.0, 0.0, 0.0])
+        sums = self._sums.setdefault(split, [0.0] * 5)
         sums[0] += float(epe.sum())
         sums[1] += float(none.sum())
         sums[2] += float(epe.shape[0])
         sums[3] += float(truth) * epe.shape[0]
+        if not truth:  # the registered pair itself: an aligner that matches leaves it alone
+            still = self._flows(batch["rgb"], batch["aux"])[-1]
+            sums[4] += float(endpoint_errors(still, torch.zeros_like(still)).sum())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)
@@ -407,19 +413,23 @@ class AlignmentTask(pl.LightningModule):
         self._eval_step("test", batch, batch_idx)
 
     def _eval_epoch_end(self, split: str) -> None:
-        epe_sum, none_sum, count, truth = self._sums.pop(split, [0.0, 0.0, 0.0, 0.0])
-        if count == 0:
+        sums = torch.tensor(self._sums.pop(split, [0.0] * 5), dtype=torch.float64)
+        if sums[2] == 0:
             return
-        sums = torch.tensor([epe_sum, none_sum, count, truth], dtype=torch.float64)
         if self.trainer.world_size > 1:
             gathered = self.all_gather(sums)
             assert isinstance(gathered, Tensor)
-            sums = gathered.reshape(-1, 4).sum(0)
+            sums = gathered.reshape(-1, 5).sum(0)
         epe, none = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         self.log(f"{split}/epe", epe, prog_bar=True)
         self.log(f"{split}/epe_identity", none)
         self.log(f"{split}/truth_fraction", float(sums[3] / sums[2]))
         self.last_scores = {split: {"epe": epe, "epe_identity": none}}
+        unwarped = sums[2] - sums[3]
+        if unwarped > 0:
+            still = float(sums[4] / unwarped)
+            self.log(f"{split}/epe_unwarped", still)
+            self.last_scores[split]["epe_unwarped"] = still
         state = self.trainer.state.fn if self._trainer is not None else None
         if state in ("validate", "test") and self.trainer.is_global_zero:
             against = "the stored aux_from_rgb" if sums[3] == sums[2] else "seeded random warps"

@@ -211,6 +211,9 @@ def trained_checkpoint(tiny_depth_root: Path, module_tmp: Path) -> Path:
     assert ckpt.is_file() and "epe" in str(exp.trainer.checkpoint_callback.monitor)  # type: ignore[union-attr]
     saved = torch.load(ckpt, weights_only=True)
     assert saved["hyper_parameters"]["aligner"]["class_path"].endswith("CorrelationAlign")
+    # random warps (no stored truth): the motion put on the unwarped pairs is measured too
+    still = exp.trainer.callback_metrics["val/epe_unwarped"]
+    assert 0 <= float(still) < 20
     return ckpt
 
 
