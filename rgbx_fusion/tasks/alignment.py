@@ -227,7 +227,7 @@ class AlignmentTask(pl.LightningModule):
         random_margin: largest width, pixels, of a band of missing pixels put along each
             side of every warped aux (each side its own uniform width, independent of the
             warp), so that the aligner meets missing frame edges in training without their
-            telling the warp (0: none).
+            telling the warp (0: none). Training only: validation and test warps have none.
         loss: ``epe`` (mean end-point error) or ``l1`` (mean absolute flow difference).
         level_weight: weight of the coarser levels' EPE (deep supervision; 0: final only).
         align_loss_weight: weight of the aligner's ``regularization()``.
@@ -293,9 +293,10 @@ class AlignmentTask(pl.LightningModule):
 
     # ---- known warps ------------------------------------------------------------------------
     def make_pair(
-        self, aux: Tensor, generator: torch.Generator | None = None
+        self, aux: Tensor, generator: torch.Generator | None = None, margins: bool = True
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Warp ``aux`` by random known transforms.
+        """Warp ``aux`` by random known transforms (``margins``: add the ``random_margin``
+        bands of training).
 
         Returns:
             the warped aux, the target displacement (what the aligner must apply) and the
@@ -323,7 +324,7 @@ class AlignmentTask(pl.LightningModule):
         warp = warp_nearest if hp.aux_interpolation == "nearest" else warp_valid_bilinear
         warped = warp(aux, sample_at)
         margin = float(hp.get("random_margin", 0.0))
-        if margin > 0:
+        if margins and margin > 0:
             warped = warped * random_margins(b, (h, w), margin, generator).to(warped)
         target = inverse_target(matrix, None if extra is None else extra.double(), (h, w))
         return warped, target.to(aux.dtype), mats
@@ -389,7 +390,7 @@ class AlignmentTask(pl.LightningModule):
             flow = flow_from_matrix(matrix, self._native_size(split), tuple(aux.shape[-2:]))
             return aux, flow.to(aux.device, aux.dtype), True
         generator = torch.Generator().manual_seed(self._hp.val_seed * 100_003 + batch_idx)
-        warped, target, _ = self.make_pair(aux, generator)
+        warped, target, _ = self.make_pair(aux, generator, margins=False)
         return warped, target, False
 
     def _eval_step(self, split: str, batch: dict[str, Any], batch_idx: int) -> None:

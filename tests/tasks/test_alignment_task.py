@@ -121,6 +121,8 @@ def test_reflect_leaves_no_missing_band_and_margins_do_not_follow_the_warp() -> 
     assert left.max() > 3 and left.max() <= 10
     corr = torch.corrcoef(torch.stack((left, shift_x)))[0, 1]
     assert corr.abs() < 0.5, corr
+    unmasked, _, _ = margin.make_pair(aux, torch.Generator().manual_seed(0), margins=False)
+    assert not (unmasked == 0).any()  # the evaluation warps: no bands
     masks = random_margins(200, (20, 30), 4, torch.Generator().manual_seed(1))
     assert masks.shape == (200, 1, 20, 30) and set(masks.unique().tolist()) == {0.0, 1.0}
     assert (masks[:, 0, 10, :5] == 0).sum(-1).max() == 4  # never wider than asked
