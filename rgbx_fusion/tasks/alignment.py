@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from rgbx_fusion.console import console
 from rgbx_fusion.errors import ConfigError
 from rgbx_fusion.models.align.base import AlignBase
-from rgbx_fusion.models.align.correlation import CorrelationAlign, matrix_flow
+from rgbx_fusion.models.align.correlation import CorrelationAlign, apply_matrix, matrix_flow
 from rgbx_fusion.models.align.flow import pixel_grid, warp_by_flow
 from rgbx_fusion.tasks.guards import checkpoint_metadata
 from rgbx_fusion.tasks.optim import adamw
@@ -123,15 +123,9 @@ def inverse_target(matrix: Tensor, extra: Tensor | None, size: tuple[int, int]) 
     for _ in range(8):
         g_at = warp_by_flow(extra, flow)  # g(p + f(p)), bilinear
         points = (grid - g_at).flatten(2).transpose(1, 2)
-        moved = _apply(matrix, points).transpose(1, 2).reshape(-1, 2, h, w)
+        moved = apply_matrix(matrix, points).transpose(1, 2).reshape(-1, 2, h, w)
         flow = moved - grid
     return flow
-
-
-def _apply(matrix: Tensor, points: Tensor) -> Tensor:
-    moved = points @ matrix[:, :2, :2].transpose(1, 2) + matrix[:, None, :2, 2]
-    denom = points @ matrix[:, 2:, :2].transpose(1, 2) + matrix[:, None, 2:, 2]
-    return moved / denom
 
 
 def warp_nearest(image: Tensor, flow: Tensor) -> Tensor:
