@@ -61,6 +61,10 @@ def test_local_parallel_grid_equals_sequential(tiny_depth_root: Path, tmp_path: 
 MID_RGB = ("mid_add", "rgb_only")
 
 
+# Slow: its parts run in the default suite elsewhere. A SIGKILLed training resumes exactly
+# (tests/tasks/test_resume.py), and a grid requeues a preempted run from its last.ckpt and
+# isolates a failing variant (tests/compare/test_slurm.py).
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_a_failing_one_is_isolated(
     tiny_depth_root: Path, tmp_path: Path
 ) -> None:
