@@ -11,7 +11,7 @@ Convention (as :func:`~rgbx_fusion.alignment_report.flow_from_matrix`): the warp
 ``aux_w(q) = aux(M⁻¹ q)`` for a drawn ``aux_from_rgb`` matrix ``M``, so the aligner must sample
 ``aux_w`` at ``M p``: its target displacement is ``M p - p``. Missing aux (0) stays missing
 (nearest-neighbour resampling, or bilinear that is 0 wherever a missing pixel takes part);
-pixels warped in from outside the frame are 0.
+where the warp samples outside the frame the image is mirrored in (``outside``).
 
 Validation and test draw warps from a fixed seed (the same warps every epoch) and log
 ``<split>/epe``, ``<split>/epe_identity`` (the EPE of doing nothing) and
@@ -246,7 +246,7 @@ class AlignmentTask(pl.LightningModule):
         flow_grid: int = 4,
         warps_per_image: int = 1,
         aux_interpolation: Literal["nearest", "bilinear"] = "nearest",
-        outside: Literal["zeros", "reflect"] = "zeros",
+        outside: Literal["zeros", "reflect"] = "reflect",
         random_margin: float = 0.0,
         loss: Literal["epe", "l1"] = "epe",
         level_weight: float = 0.5,
@@ -313,7 +313,7 @@ class AlignmentTask(pl.LightningModule):
         sample_at = matrix_flow(torch.linalg.inv(matrix), h, w).to(aux.dtype)
         if extra is not None:
             sample_at = sample_at + extra
-        if hp.get("outside", "zeros") == "reflect":
+        if hp.get("outside", "reflect") == "reflect":
             sample_at = reflect_inside(sample_at)
         warp = warp_nearest if hp.aux_interpolation == "nearest" else warp_valid_bilinear
         warped = warp(aux, sample_at)

@@ -102,10 +102,10 @@ def test_reflect_mirrors_outside_positions_and_keeps_inside_ones() -> None:
 
 def test_reflect_leaves_no_missing_band_and_margins_do_not_follow_the_warp() -> None:
     aux = _smooth(64, 1, 40, 56, seed=2)
-    zeros = AlignmentTask(partial(CorrelationAlign, **TINY), max_shift=6)
+    zeros = AlignmentTask(partial(CorrelationAlign, **TINY), max_shift=6, outside="zeros")
     warped, target, _ = zeros.make_pair(aux, torch.Generator().manual_seed(0))
     assert (warped == 0).any()
-    reflect = AlignmentTask(partial(CorrelationAlign, **TINY), max_shift=6, outside="reflect")
+    reflect = AlignmentTask(partial(CorrelationAlign, **TINY), max_shift=6)  # the default
     warped_r, target_r, _ = reflect.make_pair(aux, torch.Generator().manual_seed(0))
     assert not (warped_r == 0).any()
     torch.testing.assert_close(target_r, target)  # the same warp, the same target
