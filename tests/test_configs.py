@@ -104,7 +104,24 @@ def test_one_yaml_style(path: Path) -> None:
         assert "{" not in text, f"{path}:{number}: write mappings in block style"
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+def _twin(name: str) -> str | None:
+    """The nyudv2 recipe whose model an mfnet recipe repeats (run instead of it: slow)."""
+    family, stem = name.split("/")
+    return f"nyudv2/{stem}" if family == "mfnet" and f"nyudv2/{stem}" in RECIPES else None
+
+
+@pytest.mark.parametrize("name", sorted(n for n in RECIPES if _twin(n)))
+def test_mfnet_recipes_train_the_nyudv2_models(name: str) -> None:
+    """Only data and schedule differ, and the fast_dev_run below swaps both out, so each
+    mfnet recipe's run there would repeat its nyudv2 twin's: it is marked slow."""
+    twin = _twin(name)
+    assert twin is not None
+    assert resolve(RECIPES[name])["model"] == resolve(RECIPES[twin])["model"]
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if _twin(n) else n for n in sorted(RECIPES)]
+)
 def test_every_recipe_runs_fast_dev_run(
     name: str,
     tiny_depth_root: Path,
