@@ -313,13 +313,13 @@ class AlignmentTask(pl.LightningModule):
         sample_at = matrix_flow(torch.linalg.inv(matrix), h, w).to(aux.dtype)
         if extra is not None:
             sample_at = sample_at + extra
-        if hp.get("outside", "reflect") == "reflect":
+        if hp.outside == "reflect":
             sample_at = reflect_inside(sample_at)
         warp = warp_nearest if hp.aux_interpolation == "nearest" else warp_valid_bilinear
         warped = warp(aux, sample_at)
-        margin = float(hp.get("random_margin", 0.0))
-        if margins and margin > 0:
-            warped = warped * random_margins(b, (h, w), margin, generator).to(warped)
+        if margins and hp.random_margin > 0:
+            mask = random_margins(b, (h, w), float(hp.random_margin), generator)
+            warped = warped * mask.to(warped)
         target = inverse_target(matrix, None if extra is None else extra.double(), (h, w))
         return warped, target.to(aux.dtype), mats
 
