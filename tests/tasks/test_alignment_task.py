@@ -18,8 +18,8 @@ from rgbx_fusion.models.align.correlation import CorrelationAlign
 from rgbx_fusion.models.align.flow import warp_by_flow
 from rgbx_fusion.models.decoders.fpn import FPNDecoder
 from rgbx_fusion.models.segmenter import RGBXSegmenter
-from rgbx_fusion.tasks.alignment import (
-    AlignmentTask,
+from rgbx_fusion.tasks.alignment import AlignmentTask
+from rgbx_fusion.tasks.known_warps import (
     endpoint_errors,
     random_margins,
     random_matrices,
